@@ -1,0 +1,130 @@
+"""Reading and writing weights without ever running a pickle.
+
+State dicts load from safetensors or ``torch.load(weights_only=True)``; anything that needs
+arbitrary code to unpickle is refused. vitdepth's own checkpoint format (``file:DIR``) is a
+directory holding ``config.json`` (architecture arguments, preprocessing, provenance) and
+``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._errors import VitdepthError
+
+CHECKPOINT_FORMAT = "vitdepth-checkpoint"
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema")
+
+
+def file_sha256(path: str | Path, limit: int | None = None) -> str:
+    """sha256 of a file (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a plain state dict from safetensors or a ``torch.save`` file, never running code.
+
+    Raises:
+        VitdepthError: missing file, a pickle that is not a plain state dict, non-tensor values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VitdepthError(f"checkpoint {path} does not exist; pass the path of a .safetensors or .pth state dict")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise VitdepthError(f"checkpoint {path} is not a readable safetensors file ({e}); re-save it") from None
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise VitdepthError(f"checkpoint {path} is not a plain state dict and was refused without running it "
+                                f"({reason}); save model.state_dict() with torch.save or use safetensors") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise VitdepthError(f"checkpoint {path} does not hold a state dict of tensors; save model.state_dict()")
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _names(keys, limit=5) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``sd`` strictly into ``model``, naming missing / unexpected / mis-shaped keys on failure."""
+    own = model.state_dict()
+    missing = set(own) - set(sd)
+    unexpected = set(sd) - set(own)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {_names(unexpected)}")
+        raise VitdepthError(f"checkpoint {source} does not fit {type(model).__name__}: {'; '.join(parts)}; "
+                            "check that the model name / config matches the checkpoint")
+    bad = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
+    if bad:
+        raise VitdepthError(f"checkpoint {source} does not fit {type(model).__name__}: shape mismatch in "
+                            f"{len(bad)} tensors, e.g. {bad[0]}; check the model size / config")
+    model.load_state_dict(sd, strict=True)
+
+
+def save_checkpoint(model: nn.Module, out_dir: str | Path, config: dict) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (the ``file:`` format) and return the directory.
+
+    ``config`` must hold ``arch`` and ``model_args``; ``format`` and ``version`` are added.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / "model.safetensors")
+    cfg = {"format": CHECKPOINT_FORMAT, "version": 1, **config}
+    (out / "config.json.tmp").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (out / "config.json.tmp").replace(out / "config.json")
+    return out
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    """Read and validate ``config.json`` of a ``file:`` checkpoint directory."""
+    path = Path(path)
+    if not path.exists():
+        raise VitdepthError(f"checkpoint directory {path} does not exist; pass a directory written by vitdepth train")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file() or not (path / "model.safetensors").is_file():
+        raise VitdepthError(f"{path} is not a vitdepth checkpoint (needs config.json and model.safetensors)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise VitdepthError(f"{cfg_path} is not valid JSON ({e.msg} at line {e.lineno}); re-write it") from None
+    if cfg.get("format") != CHECKPOINT_FORMAT:
+        raise VitdepthError(f"{cfg_path} has format {cfg.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    for key in ("arch", "model_args"):
+        if key not in cfg:
+            raise VitdepthError(f"{cfg_path} lacks the field {key!r}; re-write the checkpoint with vitdepth")
+    return cfg

@@ -1,0 +1,100 @@
+"""Adapter registry keyed by spec prefix (``timm:``, ``hf:``, ``file:``), in the style of timm's
+``register_model`` / ``create_model``."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .._errors import VitdepthError
+from .tapped import TappedModel
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """One registered adapter."""
+
+    prefix: str
+    example: str
+    description: str
+    loader: Callable[..., TappedModel]
+
+
+_ADAPTERS: dict[str, AdapterInfo] = {}
+
+
+def register_adapter(prefix: str, example: str, description: str):
+    """Register ``loader(target, *, checkpoint, random_init, seed) -> TappedModel`` under ``prefix``."""
+
+    def deco(fn):
+        if prefix in _ADAPTERS:
+            raise ValueError(f"adapter prefix {prefix!r} is registered twice")
+        _ADAPTERS[prefix] = AdapterInfo(prefix, example, description, fn)
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from . import adapters  # noqa: F401  (registers the built-in adapters)
+
+
+def list_adapters() -> list[AdapterInfo]:
+    """Registered adapters, sorted by prefix."""
+    _ensure_loaded()
+    return [_ADAPTERS[k] for k in sorted(_ADAPTERS)]
+
+
+def parse_spec(spec: str) -> tuple[AdapterInfo, str]:
+    """Split ``prefix:target`` and find its adapter, with close matches on failure."""
+    _ensure_loaded()
+    prefix, sep, target = spec.partition(":")
+    if sep and prefix in _ADAPTERS and target:
+        return _ADAPTERS[prefix], target
+    forms = ", ".join(f"{a.prefix}:… (e.g. {a.example})" for a in list_adapters())
+    if sep and prefix in _ADAPTERS:
+        raise VitdepthError(f"model spec {spec!r} names no model after '{prefix}:'; valid forms: {forms}")
+    if not sep:
+        hint = _timm_name_hint(spec)
+        raise VitdepthError(f"unknown model spec {spec!r}: it needs a prefix{hint}; valid forms: {forms}")
+    close = difflib.get_close_matches(prefix, list(_ADAPTERS), n=3)
+    hint = f"; did you mean {', '.join(c + ':' + target for c in close)}?" if close else ""
+    raise VitdepthError(f"unknown model spec prefix {prefix!r} in {spec!r}{hint} valid forms: {forms}")
+
+
+def _timm_name_hint(name: str) -> str:
+    try:
+        import timm
+    except ImportError:
+        return ""
+    if timm.is_model(name):
+        return f" (did you mean timm:{name}?)"
+    return ""
+
+
+def create_model(spec: str, *, checkpoint: str | None = None, random_init: bool = False, seed: int = 0,
+                 device: str | torch.device = "cpu") -> TappedModel:
+    """Build a :class:`TappedModel` from a spec such as ``timm:vit_small_patch16_224`` or ``hf:/path``.
+
+    Args:
+        spec: ``prefix:target``; see :func:`list_adapters`.
+        checkpoint: weights file for adapters that take one (``timm:``).
+        random_init: build the architecture untrained (seeded by ``seed``).
+        seed: seed for random initialisation.
+        device: where to put the model.
+    """
+    info, target = parse_spec(spec)
+    tm = info.loader(target, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    tm.model.eval()
+    tm.identity.setdefault("spec", spec)
+    tm.identity.setdefault("adapter", info.prefix)
+    tm.identity["parameters"] = int(sum(p.numel() for p in tm.model.parameters()))
+    tm.identity["depth"] = tm.depth
+    tm.identity["num_heads"] = tm.num_heads
+    tm.identity["prefix_tokens"] = list(tm.prefix_names)
+    tm.identity["has_cls"] = tm.has_cls
+    tm.identity["site_warnings"] = list(tm.sites.warnings)
+    return tm.to(device)
