@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_timm_vit
 
+from conftest import tiny_timm_vit
 from vitdepth.models.adapters.timm_vit import wrap_timm
 from vitdepth.models.taps import LayerTaps
 
@@ -56,7 +56,7 @@ def test_timm_taps_equal_forward_intermediates(variant):
         plain = tm.output(x)
         out, layers = tm.capture(x)
         inter = model.forward_intermediates(x, intermediates_only=True, return_prefix_tokens=True, output_fmt="NLC")
-        spatial, prefix = zip(*inter) if expected_prefix else (inter, None)
+        spatial, prefix = zip(*inter, strict=True) if expected_prefix else (inter, None)
         ref_logits, ref_attn = _timm_reference_attn(model, x)
     assert torch.equal(out, plain), "logits changed with taps on"
     torch.testing.assert_close(out, ref_logits, atol=ATOL, rtol=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,7 +50,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise VitdepthError(f"checkpoint {path} is not a readable safetensors file ({e}); re-save it") from None
     else:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says enough
+                warnings.simplefilter("ignore")
+                sd = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as e:
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise VitdepthError(f"checkpoint {path} is not a plain state dict and was refused without running it "

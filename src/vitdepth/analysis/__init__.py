@@ -1,0 +1,1 @@
+"""The streaming pass and what is computed from its results."""

@@ -1,0 +1,80 @@
+"""The ``vitdepth`` command: a thin caller of the public API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from ._errors import VitdepthError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitdepth", description="Layer-by-layer depth diagnostics for vision "
+                                "transformers (arXiv 2511.21635).")
+    p.add_argument("--version", action="version", version=f"vitdepth {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="one streaming pass: per-layer metrics, probes, run directory")
+    a.add_argument("model", help="model spec, e.g. timm:vit_small_patch16_224, hf:DIR, file:DIR (see `vitdepth "
+                                 "models`)")
+    a.add_argument("--data", default="digits", help="data spec: digits, synthetic[:n=..,classes=..,size=..], "
+                                                    "folder:PATH (default: digits)")
+    a.add_argument("--out", required=True, help="run directory to write")
+    a.add_argument("--samples", type=int, default=None, help="analyze a stratified subset of N images")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--checkpoint", default=None, help="weights for timm: models (safetensors or state dict)")
+    a.add_argument("--random-init", action="store_true", help="build the model untrained (recorded in run.json)")
+    a.add_argument("--name", default=None, help="model name shown in tables and figures")
+    a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    a.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+
+    sub.add_parser("models", help="list model adapters with example specs")
+    return p
+
+
+def _cmd_analyze(args) -> int:
+    from .analysis.run import AnalyzeConfig, analyze, summarize
+
+    cfg = AnalyzeConfig(model=args.model, data=args.data, out=args.out, samples=args.samples,
+                        batch_size=args.batch_size, device=args.device, seed=args.seed, checkpoint=args.checkpoint,
+                        random_init=args.random_init, quiet=args.quiet, overwrite=args.overwrite,
+                        strict=args.strict, name=args.name)
+    out = analyze(cfg)
+    if not args.quiet:
+        print(summarize(out))
+        print(f"run directory: {out}")
+    return 0
+
+
+def _cmd_models(_args) -> int:
+    from .data import list_sources
+    from .models import list_adapters
+
+    print("model specs:")
+    for a in list_adapters():
+        print(f"  {a.example:<34} {a.description}")
+    print("data specs:")
+    for example, description in list_sources():
+        print(f"  {example:<34} {description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return {"analyze": _cmd_analyze, "models": _cmd_models}[args.command](args)
+    except VitdepthError as e:
+        print(f"vitdepth: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vitdepth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

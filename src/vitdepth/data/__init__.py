@@ -1,0 +1,41 @@
+"""Data layer: labelled image sources by spec, stratified splits, eval transforms and batching.
+
+Nothing here knows about models or metrics; the analysis pass asks a model adapter for its
+:class:`PreprocessConfig`, builds the transform and walks a source with :func:`iterate_batches`.
+"""
+
+from __future__ import annotations
+
+from .loader import Batch as Batch
+from .loader import iterate_batches as iterate_batches
+from .sources import DataSource as DataSource
+from .sources import DigitsSource as DigitsSource
+from .sources import FolderSource as FolderSource
+from .sources import ImageLoadError as ImageLoadError
+from .sources import SyntheticSource as SyntheticSource
+from .sources import create_source as create_source
+from .sources import list_sources as list_sources
+from .splits import SPLITS as SPLITS
+from .splits import check_labels as check_labels
+from .splits import stratified_splits as stratified_splits
+from .splits import stratified_subset as stratified_subset
+from .transforms import PreprocessConfig as PreprocessConfig
+from .transforms import build_transform as build_transform
+
+__all__ = [
+    "SPLITS",
+    "Batch",
+    "DataSource",
+    "DigitsSource",
+    "FolderSource",
+    "ImageLoadError",
+    "PreprocessConfig",
+    "SyntheticSource",
+    "build_transform",
+    "check_labels",
+    "create_source",
+    "iterate_batches",
+    "list_sources",
+    "stratified_splits",
+    "stratified_subset",
+]

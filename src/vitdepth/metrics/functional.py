@@ -1,0 +1,296 @@
+"""Per-image token and attention metrics as pure functions.
+
+These are the functional core of the streaming metrics (style rule 9): every function maps one
+batch of taps to one value per image, keeps no state and knows nothing about models. The
+stateful shells only concatenate the per-image values (design §4 keeps them for bootstrap CIs)
+or sum them.
+
+Metrics, for one image with patch tokens ``z_1..z_P`` (d-dim) and prefix token ``c`` (CLS):
+
+- ``token_similarity`` — mean pairwise cosine similarity of patch tokens, the "token
+  similarity" / over-smoothing measure tracked across depth in "Mechanisms of Non-Monotonic
+  Scaling in Vision Transformers" (arXiv 2511.21635) and, before it, in the over-smoothing
+  literature (Gong et al. 2021, "Vision Transformers with Patch Diversification",
+  arXiv 2104.12753). The paper's exact formula was not public: the formula below is our
+  definition.
+- ``token_similarity_centered`` — the same after removing the image's mean patch token, so a
+  shared offset (e.g. a large constant direction in the residual stream) does not read as
+  similarity. Our definition.
+- ``cls_patch_similarity`` — mean cosine between the CLS token and the patch tokens. Our
+  definition.
+- ``attention_entropy`` — Shannon entropy of each attention row, averaged over heads and
+  normalised by ``log S`` (attention entropy as in Zhai et al. 2023, "Stabilizing Transformer
+  Training by Preventing Attention Entropy Collapse", arXiv 2303.06296; the normalisation is
+  ours).
+- ``isi_attention`` — the attention form of the Information Scrambling Index (design §4): how
+  much the attention sub-layer changed each token times how widely it read. Our concrete form
+  of the paper's ISI idea.
+
+Precision: bf16/fp16 inputs are upcast to float32 before any normalisation or sum (their 8-
+and 11-bit mantissas would lose most digits over hundreds of tokens); float64 inputs stay
+float64. The final per-image reductions are done in float64 and every function returns
+float64 on the input's device (float32 on MPS, which has no float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from vitdepth._errors import VitdepthError
+
+__all__ = [
+    "attention_entropy",
+    "cls_patch_similarity",
+    "isi_attention",
+    "token_similarity",
+    "token_similarity_centered",
+]
+
+
+class _MetricInputError(VitdepthError, ValueError):
+    """A tensor handed to a metric has the wrong type, rank or shape.
+
+    Also a ``ValueError``, so callers that follow the Python convention for bad arguments
+    catch it too.
+    """
+
+
+# A token closer to its image's mean patch token than this many float epsilons (relative to
+# the image's RMS token norm) is treated as the zero vector after centring. The mean of P
+# identical float32 tokens is off by a few ulps (pairwise summation), so without a tolerance
+# an image whose patches are all equal would report the cosine of pure rounding noise.
+_CENTRED_RTOL_EPS = 64.0
+
+
+def _check_tensor(name: str, x: object, ndim: int, layout: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise _MetricInputError(f"{name} must be a torch.Tensor of shape {layout}; got {type(x).__name__}.")
+    if x.ndim != ndim:
+        raise _MetricInputError(f"{name} must have shape {layout}; got shape {tuple(x.shape)}.")
+    if not x.is_floating_point():
+        raise _MetricInputError(f"{name} must be a floating-point tensor; got {x.dtype}. Cast it with .float().")
+    return x
+
+
+def _compute_dtype(*xs: Tensor) -> torch.dtype:
+    dtype = torch.float32
+    for x in xs:
+        dtype = torch.promote_types(dtype, x.dtype)
+    return dtype
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    # MPS has no float64; there the final reductions stay in float32.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _inv_norm(z: Tensor, tol: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
+    """Return ``1 / ||z||`` over the last dim, 0 where ``||z|| <= tol``, and the mask of kept vectors.
+
+    Mapping small vectors to a weight of exactly 0 makes their cosine with anything 0, while NaN
+    inputs still propagate as NaN (NaN > tol is False, but 0 * NaN is NaN).
+    """
+    norm = torch.linalg.vector_norm(z, dim=-1)
+    valid = norm > tol
+    inv = torch.where(valid, norm.reciprocal(), torch.zeros_like(norm))
+    return inv, valid
+
+
+def _unit_sum(z: Tensor, inv: Tensor) -> Tensor:
+    """Sum over tokens of z_i / ||z_i|| for z (B, P, d): a batched mat-vec, no normalised (B, P, d) copy."""
+    return torch.einsum("bpd,bp->bd", z, inv)
+
+
+def _mean_pairwise_cos(z: Tensor, inv: Tensor, valid: Tensor) -> Tensor:
+    """Mean over ordered pairs i != j of cos(z_i, z_j), for tokens z (B, P, d) with inverse norms ``inv``.
+
+    Uses ||sum_i n_i||^2 = sum_i ||n_i||^2 + sum_{i != j} n_i . n_j with n_i = z_i / ||z_i||, and
+    sum_i ||n_i||^2 is the number of non-zero tokens, so no P x P matrix is formed.
+    """
+    acc = _acc_dtype(z.device)
+    batch, p = z.shape[0], z.shape[1]
+    if p < 2:
+        return torch.full((batch,), math.nan, dtype=acc, device=z.device)
+    sq = _unit_sum(z, inv).to(acc).pow(2).sum(dim=-1)
+    return (sq - valid.sum(dim=1).to(acc)) / (p * (p - 1))
+
+
+def token_similarity(patches: Tensor) -> Tensor:
+    """Mean pairwise cosine similarity of the patch tokens of each image.
+
+    Our definition (the paper's exact formula was not public)::
+
+        token_sim = 1 / (P (P - 1)) * sum_{i != j} cos(z_i, z_j)
+                  = (||sum_i n_i||^2 - P) / (P (P - 1)),   n_i = z_i / ||z_i||
+
+    computed with the second form in O(P d) time and memory. A token with zero norm has cosine
+    0 with every other token (it still counts in the P (P - 1) pairs). ``P == 1`` gives NaN.
+
+    Args:
+        patches: Patch tokens, shape (B, P, d), any floating dtype and device.
+
+    Returns:
+        Float64 tensor of shape (B,) on the input's device, values in [-1/(P-1), 1].
+    """
+    _check_tensor("patches", patches, 3, "(B, P, d)")
+    z = patches.to(_compute_dtype(patches))
+    inv, valid = _inv_norm(z)
+    return _mean_pairwise_cos(z, inv, valid)
+
+
+def token_similarity_centered(patches: Tensor) -> Tensor:
+    """Mean pairwise cosine similarity of the patch tokens after subtracting each image's mean patch token.
+
+    Our definition::
+
+        token_sim_centered = token_sim(z_1 - zbar, ..., z_P - zbar),   zbar = (1/P) sum_i z_i
+
+    Degenerate case: a centred token whose norm is below ``64 * eps(dtype) * RMS_i ||z_i||`` is
+    treated as the zero vector (cosine 0 with everything). So an image whose patches are all
+    equal gives exactly 0 — "no structure left after removing the mean" — instead of the cosine
+    of rounding noise. Note that centred tokens sum to zero, so for P tokens in general position
+    the value is typically near -1/(P-1), not 0.
+
+    Args:
+        patches: Patch tokens, shape (B, P, d), any floating dtype and device.
+
+    Returns:
+        Float64 tensor of shape (B,) on the input's device; NaN when ``P == 1``.
+    """
+    _check_tensor("patches", patches, 3, "(B, P, d)")
+    dtype = _compute_dtype(patches)
+    z = patches.to(dtype)
+    centred = z - z.mean(dim=1, keepdim=True)
+    rms = torch.linalg.vector_norm(z, dim=(1, 2), keepdim=True) / math.sqrt(max(z.shape[1], 1))
+    tol = _CENTRED_RTOL_EPS * torch.finfo(dtype).eps * rms
+    inv, valid = _inv_norm(centred, tol.squeeze(-1))
+    return _mean_pairwise_cos(centred, inv, valid)
+
+
+def cls_patch_similarity(cls: Tensor, patches: Tensor) -> Tensor:
+    """Mean cosine similarity between the CLS token and each patch token of an image.
+
+    Our definition::
+
+        cls_patch_sim = (1/P) sum_i cos(c, z_i) = n_c . (1/P) sum_i n_i
+
+    computed in O(P d). Zero-norm tokens have cosine 0; ``P == 0`` gives NaN.
+
+    Args:
+        cls: CLS (or other prefix) token, shape (B, d).
+        patches: Patch tokens, shape (B, P, d).
+
+    Returns:
+        Float64 tensor of shape (B,) on the input's device, values in [-1, 1].
+    """
+    _check_tensor("cls", cls, 2, "(B, d)")
+    _check_tensor("patches", patches, 3, "(B, P, d)")
+    if cls.shape[0] != patches.shape[0] or cls.shape[1] != patches.shape[2]:
+        raise _MetricInputError(
+            f"cls of shape {tuple(cls.shape)} does not match patches of shape {tuple(patches.shape)}; "
+            "expected (B, d) and (B, P, d)."
+        )
+    dtype = _compute_dtype(cls, patches)
+    acc = _acc_dtype(patches.device)
+    c = cls.to(dtype)
+    z = patches.to(dtype)
+    p = z.shape[1]
+    if p == 0:
+        return torch.full((z.shape[0],), math.nan, dtype=acc, device=z.device)
+    inv_c, _ = _inv_norm(c)
+    inv_z, _ = _inv_norm(z)
+    n_c = (c * inv_c.unsqueeze(-1)).to(acc)
+    return (n_c * _unit_sum(z, inv_z).to(acc)).sum(dim=-1) / p
+
+
+def attention_entropy(attn: Tensor) -> Tensor:
+    """Normalised Shannon entropy of every attention row, averaged over heads.
+
+    For query row ``t`` of head ``h`` with probabilities ``p_{h,t,1..S}`` (our normalisation of the
+    attention entropy of Zhai et al. 2023, arXiv 2303.06296)::
+
+        e_t = (1/H) sum_h ( -sum_s p_{h,t,s} log p_{h,t,s} ) / log S,   0 log 0 = 0
+
+    so a one-hot row gives 0 and a uniform row gives 1. Rows are assumed row-stochastic (softmax
+    output); this is not checked, to keep the metric cheap. ``S == 1`` gives 0 (a single key
+    leaves no choice).
+
+    Memory: one temporary of the size of ``attn`` (float32 for bf16/fp16 inputs), no loop over
+    heads or rows.
+
+    Args:
+        attn: Attention probabilities, shape (B, H, T, S).
+
+    Returns:
+        Float64 tensor of shape (B, T) on the input's device, values in [0, 1].
+    """
+    _check_tensor("attn", attn, 4, "(B, H, T, S)")
+    dtype = _compute_dtype(attn)
+    acc = _acc_dtype(attn.device)
+    s = attn.shape[-1]
+    # p * log(max(p, tiny)) is exactly 0 where p == 0, and the in-place chain keeps it to a single
+    # B x H x T x S temporary (autograd still works: clamp_min's backward needs only its input).
+    tiny = torch.finfo(dtype).tiny
+    plogp = attn.to(dtype).clamp_min_(tiny) if attn.dtype != dtype else attn.clamp_min(tiny)
+    plogp = plogp.log_().mul_(attn)
+    per_head = plogp.sum(dim=-1).neg_().to(acc)  # (B, H, T)
+    ent = per_head.mean(dim=1)
+    if s <= 1:
+        return torch.zeros_like(ent)
+    return ent / math.log(s)
+
+
+def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor) -> dict[str, Tensor]:
+    """Information Scrambling Index, attention form, per image (design §4).
+
+    Our concrete form of the ISI of arXiv 2511.21635, for block ``l`` and every token ``i``
+    (prefix tokens included)::
+
+        s_i = 1 - cos(x_in_i, x_mid_i)            how much the attention sub-layer changed token i
+        e_i = attention_entropy(attn)_i           how widely token i read, in [0, 1]
+        isi_attn     = (1/T) sum_i s_i e_i
+        attn_delta   = (1/T) sum_i s_i
+        attn_entropy = (1/T) sum_i e_i
+
+    A zero-norm token has cosine 0 (so ``s_i = 1``). ``s_i`` is clamped to [0, 2] because
+    rounding can push the cosine a few ulps past +-1.
+
+    Args:
+        x_in: Block input (residual stream before attention), shape (B, T, d).
+        x_mid: Residual stream after the attention sub-layer, shape (B, T, d).
+        attn: Attention probabilities of the block, shape (B, H, T, S) (S == T for global attention).
+
+    Returns:
+        Dict with float64 tensors of shape (B,) under ``"isi_attn"``, ``"attn_delta"`` and
+        ``"attn_entropy"``.
+    """
+    _check_tensor("x_in", x_in, 3, "(B, T, d)")
+    _check_tensor("x_mid", x_mid, 3, "(B, T, d)")
+    _check_tensor("attn", attn, 4, "(B, H, T, S)")
+    if x_in.shape != x_mid.shape:
+        raise _MetricInputError(
+            f"x_in of shape {tuple(x_in.shape)} and x_mid of shape {tuple(x_mid.shape)} must have the same shape."
+        )
+    if attn.shape[0] != x_in.shape[0] or attn.shape[2] != x_in.shape[1]:
+        raise _MetricInputError(
+            f"attn of shape {tuple(attn.shape)} does not match x_in of shape {tuple(x_in.shape)}; "
+            "expected (B, H, T, S) and (B, T, d)."
+        )
+    dtype = _compute_dtype(x_in, x_mid)
+    acc = _acc_dtype(x_in.device)
+    a = x_in.to(dtype)
+    b = x_mid.to(dtype)
+    # einsum lowers to a batched matmul, so the dot products need no (B, T, d) product temporary.
+    dot = torch.einsum("btd,btd->bt", a, b)
+    denom = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+    cos = dot / torch.where(denom > 0, denom, torch.full_like(denom, math.inf))
+    s = (1.0 - cos.to(acc)).clamp_(0.0, 2.0)
+    e = attention_entropy(attn)
+    return {
+        "isi_attn": (s * e).mean(dim=-1),
+        "attn_delta": s.mean(dim=-1),
+        "attn_entropy": e.mean(dim=-1),
+    }

@@ -1,0 +1,478 @@
+"""Closed-form linear probes on pooled features (design §4, "Probes").
+
+A linear probe measures how linearly decodable the class is from one layer's pooled tokens
+(Alain & Bengio 2016, "Understanding intermediate layers using linear classifier probes",
+arXiv 1610.01644), the per-layer accuracy curve of "Mechanisms of Non-Monotonic Scaling in
+Vision Transformers" (arXiv 2511.21635).
+
+The default probe is ridge regression on standardized features with one-hot targets, the
+objective of scikit-learn's ``Ridge``/``RidgeClassifier`` with ``fit_intercept=True``::
+
+    min_{W, b}  sum_i ||y_i - W^T z_i - b||^2 + alpha ||W||_F^2,   z_i = (x_i - mean) / scale
+
+(the intercept is not penalised; ``alpha`` is in scikit-learn's units, i.e. *not* divided by the
+number of samples). Everything is computed from float64 sufficient statistics (count, mean,
+centred Gram, centred cross-moment with the one-hot targets, class counts), merged chunk by
+chunk with the pairwise update of Chan, Golub & LeVeque (1979), so a split streams from an
+fp16 memmap without being loaded. One eigendecomposition of the standardized Gram serves every
+``alpha`` of a grid (design §4).
+
+Deviation from a raw ``n, sum x, X^T X, X^T Y`` accumulator: the Gram is kept centred (Chan
+merge) because pooled ViT features can have large constant offsets (massive activations), where
+``X^T X - n mean mean^T`` cancels catastrophically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from numbers import Real
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from vitdepth._errors import VitdepthError
+
+try:
+    from sklearn.utils.validation import validate_data as _sk_validate_data
+except ImportError:  # scikit-learn < 1.6 has it as a private method instead
+
+    def _sk_validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+
+__all__ = ["DEFAULT_ALPHAS", "InvalidParameterError", "RidgeProbe", "fit_ridge_probe"]
+
+#: Ridge penalties tried by :func:`fit_ridge_probe`, in scikit-learn's units (the ``alpha`` of
+#: ``Ridge``/``RidgeCV``, not scaled by the number of samples). With standardized features the
+#: Gram's diagonal is ``n``, so ``alpha / n`` is the relative shrinkage: 1e-6..1e2 at n = 1,000
+#: and 1e-8..1 at n = 100,000. Overfitting shrinks as n grows, so the absolute grid tracks the
+#: useful range; ``val_scores_`` shows when the optimum sits at an end of the grid.
+DEFAULT_ALPHAS = np.logspace(-3, 5, 17)
+
+
+class InvalidParameterError(VitdepthError, ValueError, TypeError):
+    """A probe hyper-parameter is out of its range (scikit-learn's ``InvalidParameterError`` contract)."""
+
+
+class _ProbeInputError(VitdepthError, ValueError):
+    """Labels or chunks handed to a probe do not fit the declared classes or each other."""
+
+
+# --------------------------------------------------------------------------------------------
+# Functional core: sufficient statistics and solves (style rule 9).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RidgeStats:
+    """Additive sufficient statistics of (features, one-hot labels), all float64.
+
+    Attributes:
+        n: Number of samples.
+        mean: Feature means, (d,).
+        m2_sum: Centred Gram sum_i (x_i - mean)(x_i - mean)^T, (d, d).
+        cross_sum: Centred cross-moment sum_i (x_i - mean) y_i^T with one-hot y, (d, C).
+        class_counts: Samples per class, (C,).
+    """
+
+    n: int
+    mean: np.ndarray
+    m2_sum: np.ndarray
+    cross_sum: np.ndarray
+    class_counts: np.ndarray
+
+
+def _ridge_update(x: np.ndarray, y_idx: np.ndarray, n_classes: int) -> _RidgeStats:
+    """Statistics of one chunk; ``x`` is float64 (n, d), ``y_idx`` class indices in [0, n_classes)."""
+    n = x.shape[0]
+    mean = x.mean(axis=0)
+    xc = x - mean
+    # Sparse one-hot: per-class sums of centred rows in O(n d), whatever the number of classes.
+    onehot = sp.csr_matrix((np.ones(n), (y_idx, np.arange(n))), shape=(n_classes, n))
+    cross = np.asarray(onehot @ xc).T
+    return _RidgeStats(
+        n=n,
+        mean=mean,
+        m2_sum=xc.T @ xc,
+        cross_sum=np.ascontiguousarray(cross),
+        class_counts=np.bincount(y_idx, minlength=n_classes).astype(np.int64),
+    )
+
+
+def _ridge_merge(a: _RidgeStats | None, b: _RidgeStats) -> _RidgeStats:
+    """Pool two statistics with the pairwise (Chan et al. 1979) update; ``a`` may be None."""
+    if a is None:
+        return b
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    w = a.n * b.n / n
+    ybar_delta = b.class_counts / b.n - a.class_counts / a.n
+    return _RidgeStats(
+        n=n,
+        mean=a.mean + delta * (b.n / n),
+        m2_sum=a.m2_sum + b.m2_sum + w * np.outer(delta, delta),
+        cross_sum=a.cross_sum + b.cross_sum + w * np.outer(delta, ybar_delta),
+        class_counts=a.class_counts + b.class_counts,
+    )
+
+
+def _feature_scale(stats: _RidgeStats, standardize: bool) -> np.ndarray:
+    """Population std per feature; 1 for (numerically) constant features or without standardization."""
+    if not standardize:
+        return np.ones_like(stats.mean)
+    var = np.clip(np.diag(stats.m2_sum) / stats.n, 0.0, None)
+    # Same test as sklearn's StandardScaler (_is_constant_feature): a variance within the
+    # rounding error of the mean is a constant feature, whose noise must not be blown up to 1.
+    eps = np.finfo(np.float64).eps
+    constant = var <= stats.n * eps * var + (stats.n * stats.mean * eps) ** 2
+    return np.where(constant, 1.0, np.sqrt(var))
+
+
+def _standardized_system(stats: _RidgeStats, standardize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (scale, Gram of standardized centred features, their cross-moment with the targets)."""
+    scale = _feature_scale(stats, standardize)
+    gram = stats.m2_sum / np.outer(scale, scale)
+    cross = stats.cross_sum / scale[:, None]
+    return scale, gram, cross
+
+
+def _to_original_space(stats: _RidgeStats, scale: np.ndarray, w_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fold standardization into the weights: z = (x - mean)/scale, so W^T z + b = (W/scale)^T x + b'."""
+    w = w_std / scale[:, None]
+    intercept = stats.class_counts / stats.n - stats.mean @ w
+    return np.ascontiguousarray(w.T), intercept
+
+
+def _ridge_solve(stats: _RidgeStats, alpha: float, standardize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge solution at one alpha; returns (coef (C, d), intercept (C,), scale (d,))."""
+    scale, gram, cross = _standardized_system(stats, standardize)
+    gram[np.diag_indices_from(gram)] += alpha
+    w_std = np.linalg.solve(gram, cross)
+    coef, intercept = _to_original_space(stats, scale, w_std)
+    return coef, intercept, scale
+
+
+@dataclass(frozen=True)
+class _RidgePath:
+    """Eigendecomposition of the standardized Gram, G = V diag(lam) V^T, and Q = V^T cross."""
+
+    scale: np.ndarray
+    eigvals: np.ndarray
+    eigvecs: np.ndarray
+    q: np.ndarray
+
+    def weights_eig(self, alpha: float) -> np.ndarray:
+        """Standardized-space weights in the eigenbasis, (G + alpha I)^-1 cross = V @ weights_eig."""
+        return self.q / (self.eigvals + alpha)[:, None]
+
+
+def _ridge_path(stats: _RidgeStats, standardize: bool) -> _RidgePath:
+    scale, gram, cross = _standardized_system(stats, standardize)
+    eigvals, eigvecs = np.linalg.eigh(gram)
+    # The Gram is PSD; rounding can leave tiny negative eigenvalues that alpha might cancel.
+    eigvals = np.clip(eigvals, 0.0, None)
+    return _RidgePath(scale=scale, eigvals=eigvals, eigvecs=eigvecs, q=eigvecs.T @ cross)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_alpha(alpha: object, owner: str, name: str = "alpha") -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, Real) or not (0.0 < float(alpha) < np.inf):
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be a float in the range (0, inf). Got {alpha!r} instead."
+        )
+    return float(alpha)
+
+
+def _check_alphas(alphas: object, owner: str) -> np.ndarray:
+    try:
+        arr = None if isinstance(alphas, str) else np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 1 or arr.size == 0:
+        raise InvalidParameterError(
+            f"The 'alphas' parameter of {owner} must be a non-empty 1-D sequence of floats in the range (0, inf). "
+            f"Got {alphas!r} instead."
+        )
+    for a in arr:
+        _check_alpha(float(a), owner, "alphas")
+    return arr
+
+
+def _encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Map labels to indices into the sorted ``classes``; a label outside ``classes`` is an error."""
+    idx = np.searchsorted(classes, y)
+    idx_clipped = np.clip(idx, 0, len(classes) - 1)
+    bad = (idx >= len(classes)) | (classes[idx_clipped] != y)
+    if np.any(bad):
+        unknown = np.unique(np.asarray(y)[bad])[:5]
+        raise _ProbeInputError(
+            f"y contains labels {unknown.tolist()} that are not in classes {classes[:10].tolist()}"
+            f"{' ...' if len(classes) > 10 else ''}; pass every label in `classes`."
+        )
+    return idx_clipped
+
+
+# --------------------------------------------------------------------------------------------
+# Estimator.
+# --------------------------------------------------------------------------------------------
+
+
+# Everything fit() may leave behind; a refit drops them all so no attribute of an earlier fit
+# (e.g. fit_ridge_probe's alpha_) survives next to the new solution.
+_LEARNED_ATTRIBUTES = (
+    "classes_",
+    "coef_",
+    "intercept_",
+    "n_samples_seen_",
+    "mean_",
+    "scale_",
+    "alpha_",
+    "val_scores_",
+    "n_features_in_",
+    "feature_names_in_",
+    "_stats",
+)
+
+
+class RidgeProbe(ClassifierMixin, BaseEstimator):
+    """Closed-form ridge classifier on standardized features with one-hot targets.
+
+    Equivalent to scikit-learn's ``Ridge(alpha, fit_intercept=True)`` fitted on
+    ``StandardScaler().fit_transform(X)`` with one-hot targets, predicting the arg-max class
+    (so predictions equal ``RidgeClassifier``'s, whose ±1 targets are an affine map of ours).
+    The estimator follows the scikit-learn contract: the constructor only stores parameters,
+    learned attributes end in ``_``, ``partial_fit`` streams, and use before fitting raises
+    ``NotFittedError``.
+
+    Args:
+        alpha: Ridge penalty in scikit-learn's units (not divided by the number of samples).
+        standardize: Standardize features with the training mean and population std first.
+            Without it features are only centred (the intercept is still unpenalised).
+
+    Attributes:
+        classes_: Sorted class labels, (C,).
+        coef_: Weights in the original feature space, (C, d) (standardization folded in).
+        intercept_: Intercepts in the original feature space, (C,).
+        n_samples_seen_: Number of training samples accumulated.
+        mean_: Training feature means, (d,).
+        scale_: Training feature population std, 1 for constant features (all ones when
+            ``standardize=False``), (d,).
+        n_features_in_: Number of features d.
+        alpha_: Only on probes returned by :func:`fit_ridge_probe`: the chosen alpha.
+        val_scores_: Only on probes returned by :func:`fit_ridge_probe`: validation accuracy per alpha.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vitdepth.metrics.probes import RidgeProbe
+        >>> X = np.array([[0.0, 1.0], [1.0, 0.0], [0.1, 0.9], [0.9, 0.2]])
+        >>> y = np.array([0, 1, 0, 1])
+        >>> RidgeProbe(alpha=1.0).fit(X, y).predict(X).tolist()
+        [0, 1, 0, 1]
+    """
+
+    def __init__(self, alpha: float = 1.0, standardize: bool = True):
+        self.alpha = alpha
+        self.standardize = standardize
+
+    # -- parameters and input ---------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        _check_alpha(self.alpha, type(self).__name__)
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise InvalidParameterError(
+                f"The 'standardize' parameter of {type(self).__name__} must be an instance of 'bool'. "
+                f"Got {self.standardize!r} instead."
+            )
+
+    def _reset(self) -> None:
+        for attr in _LEARNED_ATTRIBUTES:
+            self.__dict__.pop(attr, None)
+
+    def _accumulate(self, X, y, classes=None) -> None:
+        """Validate one chunk and add its statistics; sets ``classes_`` on the first call."""
+        first = not hasattr(self, "_stats")
+        X, y = _sk_validate_data(self, X, y, reset=first, dtype=np.float64)
+        check_classification_targets(y)
+        if classes is not None:
+            classes = np.unique(np.asarray(classes))
+            if hasattr(self, "classes_") and not np.array_equal(classes, self.classes_):
+                raise _ProbeInputError(
+                    f"`classes`={classes.tolist()} is not the same as on the first call to partial_fit "
+                    f"({self.classes_.tolist()}); pass the same classes every time or omit them."
+                )
+            self.classes_ = classes
+        elif not hasattr(self, "classes_"):
+            raise _ProbeInputError("classes must be passed on the first call to partial_fit.")
+        y_idx = _encode_labels(y, self.classes_)
+        self._stats = _ridge_merge(getattr(self, "_stats", None), _ridge_update(X, y_idx, len(self.classes_)))
+
+    def _set_solution(self, coef: np.ndarray, intercept: np.ndarray, scale: np.ndarray) -> None:
+        self.coef_ = coef
+        self.intercept_ = intercept
+        self.scale_ = scale
+        self.mean_ = self._stats.mean.copy()
+        self.n_samples_seen_ = int(self._stats.n)
+
+    def _solve(self) -> None:
+        coef, intercept, scale = _ridge_solve(self._stats, float(self.alpha), bool(self.standardize))
+        self._set_solution(coef, intercept, scale)
+
+    # -- fitting ----------------------------------------------------------------------------
+
+    def fit(self, X, y) -> RidgeProbe:
+        """Fit on all of ``X`` (n, d) and labels ``y`` (n,); the classes are ``np.unique(y)``."""
+        self._validate_params()
+        self._reset()
+        X, y = _sk_validate_data(self, X, y, reset=True, dtype=np.float64)
+        check_classification_targets(y)
+        self._accumulate(X, y, classes=np.unique(y))
+        self._solve()
+        return self
+
+    def partial_fit(self, X, y, classes=None) -> RidgeProbe:
+        """Add one chunk to the sufficient statistics and re-solve at ``alpha``.
+
+        Args:
+            X: Features (n, d); any float dtype (float16 memmaps included), converted to float64.
+            y: Labels (n,), each in ``classes``.
+            classes: All labels that can ever appear; required on the first call (as in
+                scikit-learn's ``SGDClassifier.partial_fit``), optional afterwards.
+
+        Returns:
+            self
+        """
+        self._validate_params()
+        self._accumulate(X, y, classes=classes)
+        self._solve()
+        return self
+
+    def solve_path(self, alphas) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Solutions for every alpha from one eigendecomposition of the standardized Gram.
+
+        Reuses the accumulated statistics, so the data is not read again. Each solution equals
+        ``fit`` at that alpha up to rounding.
+
+        Args:
+            alphas: Ridge penalties (scikit-learn units), each > 0.
+
+        Returns:
+            ``[(coef (C, d), intercept (C,)), ...]`` in the order of ``alphas``, in the original
+            feature space.
+        """
+        check_is_fitted(self)
+        alphas = _check_alphas(alphas, f"{type(self).__name__}.solve_path")
+        path = _ridge_path(self._stats, bool(self.standardize))
+        out = []
+        for a in alphas:
+            w_std = path.eigvecs @ path.weights_eig(float(a))
+            out.append(_to_original_space(self._stats, path.scale, w_std))
+        return out
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def decision_function(self, X) -> np.ndarray:
+        """Ridge scores per class, (n, C); for two classes, score(classes_[1]) - score(classes_[0]), (n,).
+
+        The binary form follows scikit-learn's classifier contract (positive means ``classes_[1]``)
+        and equals ``RidgeClassifier.decision_function``.
+        """
+        check_is_fitted(self)
+        X = _sk_validate_data(self, X, reset=False, dtype=np.float64)
+        scores = X @ self.coef_.T + self.intercept_
+        if scores.shape[1] == 2:
+            return scores[:, 1] - scores[:, 0]
+        return scores
+
+    def predict(self, X) -> np.ndarray:
+        """Arg-max class of the ridge scores (ties go to the first class), (n,)."""
+        check_is_fitted(self)
+        X = _sk_validate_data(self, X, reset=False, dtype=np.float64)
+        scores = X @ self.coef_.T + self.intercept_
+        return self.classes_[np.argmax(scores, axis=1)]
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming fit with validation-chosen alpha.
+# --------------------------------------------------------------------------------------------
+
+
+def fit_ridge_probe(
+    train_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    val_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    classes,
+    alphas=DEFAULT_ALPHAS,
+    *,
+    standardize: bool = True,
+) -> RidgeProbe:
+    """Fit a ridge probe, choosing alpha on a validation split, streaming both splits once.
+
+    Train statistics are accumulated chunk by chunk (float64), the standardized Gram is
+    eigendecomposed once, and every alpha is scored on the validation chunks only (accuracy;
+    ties go to the larger alpha, the simpler model). The test split is never seen here.
+
+    Args:
+        train_chunks: Iterable of ``(X, y)`` chunks of the training split, X (n_i, d) of any
+            float dtype (e.g. slices of an fp16 memmap), y (n_i,). Read once.
+        val_chunks: Iterable of ``(X, y)`` chunks of the validation split. Read once.
+        classes: Every label that can appear.
+        alphas: Ridge penalties to try, scikit-learn units (see :data:`DEFAULT_ALPHAS`).
+        standardize: Standardize features (training mean and std) before the ridge.
+
+    Returns:
+        A :class:`RidgeProbe` fitted at the chosen alpha (its ``alpha`` parameter is set to it),
+        with ``alpha_`` and ``val_scores_`` (dict alpha -> validation accuracy).
+
+    Raises:
+        InvalidParameterError: A bad alpha.
+        VitdepthError: An empty split or a label outside ``classes``.
+    """
+    alphas = _check_alphas(alphas, "fit_ridge_probe")
+    classes = np.unique(np.asarray(classes))
+    if classes.size == 0:
+        raise _ProbeInputError("fit_ridge_probe got no classes; pass every label that can appear in `classes`.")
+    probe = RidgeProbe(alpha=float(alphas[-1]), standardize=standardize)
+    probe._validate_params()
+    probe.classes_ = classes
+    for X, y in train_chunks:
+        probe._accumulate(X, y)
+    if not hasattr(probe, "_stats"):
+        raise _ProbeInputError("fit_ridge_probe: train_chunks yielded no data; pass at least one (X, y) chunk.")
+
+    stats = probe._stats
+    path = _ridge_path(stats, bool(standardize))
+    ybar = stats.class_counts / stats.n
+    weights = [path.weights_eig(float(a)) for a in alphas]
+    correct = np.zeros(len(alphas), dtype=np.int64)
+    n_val = 0
+    for X, y in val_chunks:
+        X = _sk_validate_data(probe, X, reset=False, dtype=np.float64)
+        y_idx = _encode_labels(np.asarray(y).ravel(), classes)
+        if len(y_idx) != X.shape[0]:
+            raise _ProbeInputError(
+                f"fit_ridge_probe: a validation chunk has X of shape {X.shape} but y of shape {np.shape(y)}."
+            )
+        # Project once onto the eigenbasis; each alpha is then one (n, d) x (d, C) product.
+        proj = ((X - stats.mean) / path.scale) @ path.eigvecs
+        for k, w in enumerate(weights):
+            correct[k] += int(np.count_nonzero(np.argmax(proj @ w + ybar, axis=1) == y_idx))
+        n_val += X.shape[0]
+    if n_val == 0:
+        raise _ProbeInputError("fit_ridge_probe: val_chunks yielded no data; pass at least one (X, y) chunk.")
+
+    best_count = correct.max()
+    # Ties go to the larger alpha: the most regularised of the equally accurate probes.
+    best = int(np.flatnonzero(correct == best_count)[np.argmax(alphas[correct == best_count])])
+    probe.alpha = float(alphas[best])
+    coef, intercept = _to_original_space(stats, path.scale, path.eigvecs @ weights[best])
+    probe._set_solution(coef, intercept, path.scale)
+    probe.alpha_ = float(alphas[best])
+    probe.val_scores_ = {float(a): float(c) / n_val for a, c in zip(alphas, correct, strict=True)}
+    return probe

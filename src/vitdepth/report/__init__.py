@@ -1,0 +1,1 @@
+"""Figures, summaries and reports. Reads only saved results (``layers.csv``, ``run.json``)."""
