@@ -214,7 +214,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
                         split=splits[loaded], layers=np.array(layers),
                         **{m: v[loaded] for m, v in state.curves.state_dict().items()})
 
-    warn = list(tm.sites.warnings)
+    warn = list(tm.sites.warnings) + list(getattr(source, "warnings", []))
     for layer, count in state.nonfinite.items():
         warn.append(f"layer {layer}: {count} images have NaN/Inf activations")
     if skipped:

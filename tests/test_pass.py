@@ -1,0 +1,89 @@
+"""The streaming pass: merging partial states, the feature cache, batch-size invariance."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_timm_vit
+
+from vitdepth.analysis.cache import FeatureCache
+from vitdepth.analysis.layer_metrics import PER_IMAGE_IDS, per_image_values
+from vitdepth.analysis.run import AnalyzeConfig, analyze
+from vitdepth.metrics import PerImageCurves
+from vitdepth.models.adapters.timm_vit import wrap_timm
+from vitdepth.models.checkpoint import save_checkpoint
+
+TINY16 = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_classes=10)
+
+
+def _curves_from(tm, images, rows, n):
+    curves = PerImageCurves(list(PER_IMAGE_IDS), n, len(tm.layer_names))
+
+    def sink(t):
+        for m, v in per_image_values(t, tm.has_cls).items():
+            curves.update(m, t.position, rows, v)
+
+    with torch.no_grad():
+        tm.run(images, sink)
+    return curves
+
+
+def test_partial_states_merged_equal_one_pass():
+    tm = wrap_timm(tiny_timm_vit(), "test", {})
+    x = torch.randn(10, 3, 32, 32)
+    full = _curves_from(tm, x, np.arange(10), 10)
+    a = _curves_from(tm, x[:3], np.arange(3), 10)
+    b = _curves_from(tm, x[3:], np.arange(3, 10), 10)
+    merged = a.merge(b)
+    for m in PER_IMAGE_IDS:
+        np.testing.assert_allclose(merged.values[m], full.values[m], rtol=1e-6, atol=1e-9, equal_nan=True)
+        assert not np.isnan(merged.values[m][:, 2:]).any()  # every block layer filled
+
+
+def test_feature_cache_round_trip(tmp_path):
+    layers = {"mean": ["pre", "0", "1"], "cls": ["0", "1"]}
+    cache = FeatureCache.create(tmp_path / "c", layers, n_items=9, dim=4)
+    rng = np.random.default_rng(0)
+    truth = {ts: rng.standard_normal((len(names), 9, 4)).astype(np.float16) for ts, names in layers.items()}
+    for start, stop in ((0, 4), (4, 5), (5, 9)):  # uneven contiguous writes
+        for ts in layers:
+            cache.write(ts, start, truth[ts][:, start:stop])
+    reopened = FeatureCache.open(tmp_path / "c")
+    rows = np.array([1, 2, 5, 8])
+    for ts, names in layers.items():
+        for li in range(len(names)):
+            got = np.concatenate(list(reopened.read(ts, li, rows, chunk=3)))
+            np.testing.assert_array_equal(got, truth[ts][li, rows].astype(np.float32))
+    mm = np.memmap(tmp_path / "c" / "mean.f16", dtype=np.float16, mode="r", shape=(3, 9, 4))
+    np.testing.assert_array_equal(mm, truth["mean"])
+
+
+@pytest.fixture(scope="module")
+def tiny16(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck") / "tiny16"
+    pre = {"input_size": [16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    save_checkpoint(tiny_timm_vit(**TINY16), d, {"arch": "timm.VisionTransformer", "model_args": TINY16,
+                                                 "preprocess": pre})
+    return d
+
+
+def _table(run_dir):
+    with open(run_dir / "layers.csv") as f:
+        return {(r["metric"], r["token_set"], r["layer"]): r for r in csv.DictReader(f)}
+
+
+def test_batch_size_does_not_change_results(tmp_path, tiny16):
+    runs = []
+    for bs in (7, 64):
+        out = analyze(AnalyzeConfig(model=f"file:{tiny16}", data="digits", samples=150, batch_size=bs,
+                                    out=str(tmp_path / f"bs{bs}"), quiet=True, figures=False))
+        runs.append(_table(out))
+    assert runs[0].keys() == runs[1].keys()
+    for key, r in runs[0].items():
+        s = runs[1][key]
+        for col in ("value", "ci_low", "ci_high"):
+            assert float(r[col]) == pytest.approx(float(s[col]), rel=1e-5, abs=1e-6), (key, col)
+        assert r["n"] == s["n"]
