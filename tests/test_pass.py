@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_timm_vit
 
+from conftest import tiny_timm_vit
 from vitdepth.analysis.cache import FeatureCache
 from vitdepth.analysis.layer_metrics import PER_IMAGE_IDS, per_image_values
 from vitdepth.analysis.run import AnalyzeConfig, analyze
