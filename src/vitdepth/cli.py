@@ -32,6 +32,24 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     a.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
 
+    t = sub.add_parser("train", help="train the sizes of a ViT family with one recipe (resumable, torchrun-ready)")
+    t.add_argument("--recipe", required=True, help="shipped recipe name (digits, synthetic, imagenet-deit) or a "
+                                                   "JSON path")
+    t.add_argument("--sizes", default=None, help="comma-separated sizes, e.g. S,B,L (default: all of the recipe)")
+    t.add_argument("--data", default=None, help="data spec overriding the recipe's")
+    t.add_argument("--out", required=True, help="output directory; one checkpoint directory per size")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="global batch size (split across processes)")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--samples", type=int, default=None, help="train on a stratified subset of N images")
+    t.add_argument("--max-steps", type=int, default=None, help="stop each size after N optimiser steps (smoke runs)")
+    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint of each size")
+    t.add_argument("--overwrite", action="store_true", help="start again, replacing existing sizes")
+    t.add_argument("--no-monitor", action="store_true", help="do not run the ISI monitor")
+    t.add_argument("--quiet", action="store_true")
+
     sub.add_parser("models", help="list model adapters with example specs")
     return p
 
@@ -47,6 +65,28 @@ def _cmd_analyze(args) -> int:
     if not args.quiet:
         print(summarize(out))
         print(f"run directory: {out}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train.loop import TrainConfig, train
+
+    cfg = TrainConfig(recipe=args.recipe, out=args.out, sizes=args.sizes.split(",") if args.sizes else None,
+                      data=args.data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                      device=args.device, samples=args.samples, resume=args.resume, overwrite=args.overwrite,
+                      quiet=args.quiet, monitor=not args.no_monitor, max_steps=args.max_steps,
+                      num_workers=args.num_workers)
+    try:
+        results = train(cfg)
+    except KeyboardInterrupt:
+        print(f"vitdepth: interrupted; continue with: vitdepth train ... --out {args.out} --resume", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        import json
+
+        for size, path in results.items():
+            acc = json.loads((path / "config.json").read_text()).get("test_acc")
+            print(f"{size}: test_acc {acc:.4f}  {path}")
     return 0
 
 
@@ -67,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _build_parser().parse_args(argv)
     try:
-        return {"analyze": _cmd_analyze, "models": _cmd_models}[args.command](args)
+        return {"analyze": _cmd_analyze, "train": _cmd_train, "models": _cmd_models}[args.command](args)
     except VitdepthError as e:
         print(f"vitdepth: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -6,5 +6,6 @@ from .checkpoint import save_checkpoint as save_checkpoint
 from .registry import create_model as create_model
 from .registry import list_adapters as list_adapters
 from .registry import register_adapter as register_adapter
+from .registry import tap_module as tap_module
 from .tapped import TappedModel as TappedModel
 from .taps import LayerTaps as LayerTaps

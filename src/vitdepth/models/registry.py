@@ -98,3 +98,17 @@ def create_model(spec: str, *, checkpoint: str | None = None, random_init: bool 
     tm.identity["has_cls"] = tm.has_cls
     tm.identity["site_warnings"] = list(tm.sites.warnings)
     return tm.to(device)
+
+
+def tap_module(model: torch.nn.Module, spec: str = "module") -> TappedModel:
+    """Wrap an already-built model (timm VisionTransformer or Hugging Face ViT-like) for taps.
+
+    For plain PyTorch training loops and callbacks that hold the module, not a spec.
+    """
+    _ensure_loaded()
+    from .adapters.hf import hf_tapped
+    from .adapters.timm_vit import wrap_timm
+
+    if hasattr(model, "config") and not hasattr(model, "pretrained_cfg"):
+        return hf_tapped(model, spec)
+    return wrap_timm(model, spec, {"class": type(model).__name__, "weights": {"source": "in-memory"}})

@@ -102,14 +102,23 @@ def load_hf(target: str, *, checkpoint: str | None, random_init: bool, seed: int
         wfile = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
         weights = {"source": "hf-directory", "path": str(path),
                    "sha256": file_sha256(wfile) if wfile else None}
+    tm = hf_tapped(model, f"hf:{target}", hf_preprocess(path, config))
+    tm.identity["weights"] = weights
+    return tm
+
+
+def hf_tapped(model: nn.Module, spec: str, preprocess: PreprocessConfig | None = None) -> TappedModel:
+    """Wrap a built Hugging Face vision model (a full CLIP is reduced to its vision tower)."""
     vision = getattr(model, "vision_model", None)
     model = vision if isinstance(vision, nn.Module) else model
+    config = model.config
     names, has_cls = hf_prefix_names(_base(model), config)
-    identity = {"class": f"transformers.{type(model).__name__}", "weights": weights,
+    size = getattr(config, "image_size", 224)
+    identity = {"class": f"transformers.{type(model).__name__}", "weights": {"source": "in-memory"},
                 "transformers_model_type": getattr(config, "model_type", None)}
-    return TappedModel(spec=f"hf:{target}", adapter="hf", model=model, sites=find_sites(model),
-                       preprocess=hf_preprocess(path, config), prefix_names=names, has_cls=has_cls,
-                       forward_fn=_hf_output, identity=identity)
+    return TappedModel(spec=spec, adapter="hf", model=model, sites=find_sites(model),
+                       preprocess=preprocess or PreprocessConfig(input_size=(size, size)), prefix_names=names,
+                       has_cls=has_cls, forward_fn=_hf_output, identity=identity)
 
 
 def _base(model: nn.Module) -> nn.Module:

@@ -1,0 +1,176 @@
+"""ISI monitor: a cheap per-layer health check while training.
+
+Every ``every`` steps it runs the model (eval mode, no grad) on a fixed held-out batch and
+computes, per layer, ``isi_attn``, ``token_sim`` and ``attn_entropy`` with exactly the code
+``vitdepth analyze`` uses (:func:`vitdepth.analysis.layer_metrics.per_image_values`). The paper
+(arXiv 2511.21635) proposes ISI as such a check: a deep model whose late layers stop mixing
+while the loss still falls is spending depth on nothing.
+
+Flatness test (until a phase fit is available to the monitor): the late layers — the last
+third of the blocks — have *gone flat* when ``isi_attn`` varies over them by less than
+``flat_tol`` (default 10%) of its range over all blocks, while the mean training loss of the
+last ``every`` steps is at least ``loss_drop`` (default 1%) below that of the ``every`` steps
+before. When both hold at ``patience`` consecutive evaluations (default 3) after
+``warmup_steps``, the monitor warns once (a random-init ViT's late layers are flat too, so a
+single early evaluation is not evidence).
+
+Usable from any loop::
+
+    monitor = ISIMonitor(model, held_out_images, every=100, out_dir="runs/monitor")
+    for step, (x, y) in enumerate(loader):
+        loss = ...; loss.backward(); opt.step()
+        monitor(step, loss.item())
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analysis.layer_metrics import per_image_values
+from ..models import TappedModel, tap_module
+
+MONITOR_METRICS = ("isi_attn", "token_sim", "attn_entropy")
+
+
+class LateLayersFlatWarning(UserWarning):
+    """The late layers stopped mixing while the loss still falls."""
+
+
+class ISIMonitor:
+    """Per-layer ISI / token similarity / attention entropy every ``every`` steps.
+
+    Args:
+        model: a timm / Hugging Face ViT module or a :class:`TappedModel`.
+        images: the fixed held-out batch (B, 3, H, W), already preprocessed.
+        every: evaluate every this many steps (and at step 0).
+        out_dir: where ``monitor.csv`` (and TensorBoard events, when installed) go; None logs nothing to disk.
+        tensorboard: write TensorBoard scalars when the package is installed (None = when available).
+        log: called with a one-line summary per evaluation (default: stderr); None for silence.
+        flat_tol: late-layer range below this fraction of the full range counts as flat.
+        loss_drop: relative fall of the mean loss that counts as "still falling".
+        patience: consecutive evaluations the condition must hold before the warning.
+        warmup_steps: no warning before this step (e.g. the learning-rate warmup).
+    """
+
+    def __init__(self, model: nn.Module | TappedModel, images: torch.Tensor, every: int = 100,
+                 out_dir: str | Path | None = None, tensorboard: bool | None = None,
+                 log: Callable[[str], None] | None = lambda s: print(s, file=sys.stderr),
+                 flat_tol: float = 0.1, loss_drop: float = 0.01, patience: int = 3, warmup_steps: int = 0):
+        if every < 1:
+            raise ValueError(f"The 'every' parameter of ISIMonitor must be an int >= 1. Got {every} instead.")
+        self.tapped = model if isinstance(model, TappedModel) else tap_module(model)
+        self.images = images
+        self.every = every
+        self.log = log
+        self.flat_tol, self.loss_drop = flat_tol, loss_drop
+        self.patience, self.warmup_steps = patience, warmup_steps
+        self._streak = 0
+        self.losses: list[float] = []
+        self.warned = False
+        self.history: list[dict] = []
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self._csv = None
+        self._tb = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            new = not (self.out_dir / "monitor.csv").exists()
+            self._csv = open(self.out_dir / "monitor.csv", "a", newline="")  # noqa: SIM115 (closed in close())
+            self._writer = csv.writer(self._csv)
+            if new:
+                self._writer.writerow(["step", "layer", "metric", "value", "loss"])
+            if tensorboard is not False:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+                except ImportError:
+                    if tensorboard:
+                        raise
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{metric: {layer: mean over the held-out batch}}`` for the monitored metrics."""
+        model = self.tapped.model
+        was_training = model.training
+        model.eval()
+        values: dict[str, dict[str, float]] = {m: {} for m in MONITOR_METRICS}
+
+        def sink(t):
+            for metric, v in per_image_values(t, self.tapped.has_cls).items():
+                if metric in values:
+                    values[metric][t.layer] = float(v.mean())
+
+        try:
+            images = self.images.to(self.tapped.device, self.tapped.dtype)
+            self.tapped.run(images, sink, attention=True)
+        finally:
+            model.train(was_training)
+        return values
+
+    def __call__(self, step: int, loss: float | None = None) -> dict | None:
+        """Record the step's loss; every ``every`` steps evaluate, log and check flatness."""
+        if loss is not None:
+            self.losses.append(float(loss))
+        if step % self.every:
+            return None
+        values = self.compute()
+        mean_loss = float(np.mean(self.losses[-self.every:])) if self.losses else float("nan")
+        self.history.append({"step": step, "loss": mean_loss, **values})
+        if self._csv is not None:
+            for metric, per_layer in values.items():
+                for layer, v in per_layer.items():
+                    self._writer.writerow([step, layer, metric, f"{v:.8g}", f"{mean_loss:.6g}"])
+            self._csv.flush()
+        if self._tb is not None:
+            for metric, per_layer in values.items():
+                for layer, v in per_layer.items():
+                    self._tb.add_scalar(f"{metric}/layer_{layer}", v, step)
+        flat = self.late_layers_flat(values["isi_attn"])
+        if self.log is not None:
+            isi = values["isi_attn"]
+            layers = sorted(isi, key=int)
+            self.log(f"monitor step {step}: loss {mean_loss:.4f}  isi_attn first/last "
+                     f"{isi[layers[0]]:.4f}/{isi[layers[-1]]:.4f}  token_sim last "
+                     f"{values['token_sim'][layers[-1]]:.3f}" + ("  late layers flat" if flat else ""))
+        self._streak = self._streak + 1 if flat and self.loss_falling() and step >= self.warmup_steps else 0
+        if self._streak >= self.patience and not self.warned:
+            self.warned = True
+            msg = (f"ISI monitor: at step {step} the late layers have gone flat (isi_attn over the last third of "
+                   f"the blocks varies by less than {self.flat_tol:.0%} of its range, {self.patience} evaluations "
+                   "running) while the training loss still falls: the extra depth is not mixing information")
+            warnings.warn(msg, LateLayersFlatWarning, stacklevel=2)
+        return values
+
+    def late_layers_flat(self, isi: dict[str, float]) -> bool:
+        """The documented flatness test on one ``isi_attn`` curve (blocks 1..L)."""
+        curve = np.array([isi[k] for k in sorted(isi, key=int)])
+        if len(curve) < 3:
+            return False
+        late = curve[-max(2, int(np.ceil(len(curve) / 3))):]
+        full = curve.max() - curve.min()
+        return bool(full > 0 and (late.max() - late.min()) < self.flat_tol * full)
+
+    def loss_falling(self) -> bool:
+        """Mean loss of the last ``every`` steps is ``loss_drop`` below the ``every`` before."""
+        if len(self.losses) < 2 * self.every:
+            return False
+        recent = np.mean(self.losses[-self.every:])
+        before = np.mean(self.losses[-2 * self.every:-self.every])
+        return bool(recent < (1 - self.loss_drop) * before)
+
+    def close(self) -> None:
+        """Flush and close the CSV / TensorBoard writers."""
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
