@@ -60,7 +60,8 @@ def test_analyze_digits_end_to_end(tmp_path, tiny_ckpt, capsys):
     assert code == 0, stderr
     assert "best mean probe" in stdout and str(out) in stdout
     for f in ("run.json", "layers.csv", "layers.parquet", "per_image.npz", "cache/meta.json", "cache/mean.f16",
-              "cache/cls.f16", "figures/similarity.png", "figures/isi.png", "figures/probe.png"):
+              "cache/cls.f16", "figures/similarity.png", "figures/isi.png", "figures/probe.png", "phases.json",
+              "report.html", "figures/collapse.png", "figures/attention.png", "figures/isi_rec.pdf"):
         assert (out / f).is_file(), f
     run = json.loads((out / "run.json").read_text())
     assert run["data"]["analyzed"] == 300 and sum(run["data"]["splits"].values()) == 300
@@ -73,7 +74,12 @@ def test_analyze_digits_end_to_end(tmp_path, tiny_ckpt, capsys):
         assert ("token_sim", "", layer) in got and ("probe_acc", "mean", layer) in got
     assert ("probe_acc", "cls", "pre") not in got and ("probe_acc", "cls", "0") in got
     assert ("isi_attn", "", "0") not in got and ("isi_attn", "", "3") in got
+    from vitdepth.metrics import METRICS
+
     for r in rows:
+        if METRICS[r["metric"]].kind == "split":  # statistics of the whole test split carry no CI
+            assert r["ci_low"] == r["ci_high"] == ""
+            continue
         assert float(r["ci_low"]) <= float(r["value"]) + 1e-12 <= float(r["ci_high"]) + 2e-12
         if r["layer"] == "pre":
             assert float(r["depth"]) == pytest.approx(-1 / 3)

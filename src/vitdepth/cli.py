@@ -27,6 +27,10 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--checkpoint", default=None, help="weights for timm: models (safetensors or state dict)")
     a.add_argument("--random-init", action="store_true", help="build the model untrained (recorded in run.json)")
+    a.add_argument("--metrics", default=None, help="metric groups (core, paper, all) and/or ids, comma-separated "
+                                                   "(default: all the model supports; see docs/metrics.md)")
+    a.add_argument("--probe", choices=("ridge", "logistic"), default=None,
+                   help="logistic adds the softmax-regression probe (on by default with --metrics all)")
     a.add_argument("--name", default=None, help="model name shown in tables and figures")
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     a.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -50,6 +54,17 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-monitor", action="store_true", help="do not run the ISI monitor")
     t.add_argument("--quiet", action="store_true")
 
+    c = sub.add_parser("compare", help="compare run directories (e.g. the sizes of a family); no model needed")
+    c.add_argument("runs", nargs="+", help="run directories, in order (e.g. S B L)")
+    c.add_argument("--out", required=True, help="comparison directory to write")
+    c.add_argument("--allow-mixed-data", action="store_true", help="compare runs made on different data")
+    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("demo", help="analyze the shipped digits S/B/L family, compare, write reports")
+    d.add_argument("--out", default="vitdepth-demo", help="output directory (default: vitdepth-demo)")
+    d.add_argument("--quiet", action="store_true")
+
     sub.add_parser("models", help="list model adapters with example specs")
     return p
 
@@ -60,7 +75,7 @@ def _cmd_analyze(args) -> int:
     cfg = AnalyzeConfig(model=args.model, data=args.data, out=args.out, samples=args.samples,
                         batch_size=args.batch_size, device=args.device, seed=args.seed, checkpoint=args.checkpoint,
                         random_init=args.random_init, quiet=args.quiet, overwrite=args.overwrite,
-                        strict=args.strict, name=args.name)
+                        strict=args.strict, name=args.name, metrics=args.metrics, probe=args.probe)
     out = analyze(cfg)
     if not args.quiet:
         print(summarize(out))
@@ -90,6 +105,32 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import compare_runs, compare_summary
+
+    out = compare_runs(args.runs, args.out, allow_mixed_data=args.allow_mixed_data, overwrite=args.overwrite)
+    if not args.quiet:
+        print(compare_summary(out))
+        print(f"comparison report: {out / 'report.html'}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .compare import compare_summary
+    from .demo import run_demo
+    from .report.summary import phase_summary
+
+    res = run_demo(args.out, quiet=args.quiet)
+    if not args.quiet:
+        for run in res["runs"]:
+            print(phase_summary(run))
+        print(compare_summary(res["compare"]))
+        print(f"reports: {', '.join(str(r / 'report.html') for r in res['runs'])}")
+        print(f"comparison report: {res['compare'] / 'report.html'}")
+        print(f"demo finished in {res['seconds']:.1f}s")
+    return 0
+
+
 def _cmd_models(_args) -> int:
     from .data import list_sources
     from .models import list_adapters
@@ -107,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _build_parser().parse_args(argv)
     try:
-        return {"analyze": _cmd_analyze, "train": _cmd_train, "models": _cmd_models}[args.command](args)
+        return {"analyze": _cmd_analyze, "train": _cmd_train, "compare": _cmd_compare, "demo": _cmd_demo,
+                "models": _cmd_models}[args.command](args)
     except VitdepthError as e:
         print(f"vitdepth: error: {e}", file=sys.stderr)
         return e.exit_code

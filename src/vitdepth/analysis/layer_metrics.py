@@ -9,20 +9,44 @@ from __future__ import annotations
 import torch
 
 from ..metrics import functional as F
+from ..metrics.attention_graph import attention_graph
 from ..models.taps import LayerTaps
 
-PER_IMAGE_IDS = ("token_sim", "token_sim_centered", "cls_patch_sim", "isi_attn", "attn_delta", "attn_entropy")
+SIMILARITY_IDS = ("token_sim", "token_sim_centered", "cls_patch_sim")
+ISI_ATTN_IDS = ("isi_attn", "attn_delta", "attn_entropy")
+GRAPH_IDS = ("cls_centrality", "cls_self", "attn_consensus", "attn_distance")
+PER_IMAGE_IDS = SIMILARITY_IDS + ISI_ATTN_IDS + GRAPH_IDS
+ATTENTION_IDS = frozenset(ISI_ATTN_IDS + GRAPH_IDS)
 
 
-def per_image_values(t: LayerTaps, has_cls: bool) -> dict[str, torch.Tensor]:
-    """Per-image (B,) values of every per-image metric that applies to this layer."""
+def per_image_values(t: LayerTaps, has_cls: bool, metrics: frozenset[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per-image (B,) values of the selected per-image metrics that apply to this layer.
+
+    Args:
+        t: one layer's taps.
+        has_cls: whether prefix token 0 is a [CLS] token.
+        metrics: metric ids to compute (None: every per-image metric).
+    """
+    want = frozenset(PER_IMAGE_IDS) if metrics is None else metrics
     patches = t.patches
-    out = {"token_sim": F.token_similarity(patches), "token_sim_centered": F.token_similarity_centered(patches)}
-    if has_cls and t.num_prefix > 0:
+    out: dict[str, torch.Tensor] = {}
+    if "token_sim" in want:
+        out["token_sim"] = F.token_similarity(patches)
+    if "token_sim_centered" in want:
+        out["token_sim_centered"] = F.token_similarity_centered(patches)
+    cls = has_cls and t.num_prefix > 0
+    if cls and "cls_patch_sim" in want:
         out["cls_patch_sim"] = F.cls_patch_similarity(t.tokens[:, 0], patches)
     if t.attn is not None:
-        out.update(F.isi_attention(t.x_in, t.x_mid, t.attn))
-    return out
+        need_isi = any(m in want for m in ISI_ATTN_IDS)
+        need_graph = any(m in want for m in GRAPH_IDS)
+        # one log pass over the attention serves attn_entropy, isi_attn and the consensus
+        rows = F.attention_row_entropy(t.attn) if need_isi or "attn_consensus" in want else None
+        if need_isi:
+            out.update(F.isi_attention(t.x_in, t.x_mid, t.attn, rows))
+        if need_graph:
+            out.update(attention_graph(t.attn, t.num_prefix, t.grid, cls, row_entropy=rows))
+    return {k: v for k, v in out.items() if k in want}
 
 
 def pooled_features(t: LayerTaps, has_cls: bool) -> dict[str, torch.Tensor]:

@@ -34,12 +34,19 @@ from ..data import (
     stratified_subset,
 )
 from ..metrics import METRICS, PerImageCurves
+from ..metrics.catalog import resolve_metrics
+from ..metrics.collapse import CollapseStats, collapse_compute, collapse_merge, collapse_update, nc4_disagreement
+from ..metrics.isi_rec import ReconstructionISI
 from ..metrics.probes import fit_ridge_probe
 from ..metrics.stats import bootstrap_mean_ci, wilson_interval
 from ..models import TappedModel, create_model
-from ..results import layer_depth, write_layers
+from ..phases import saturation_layer
+from ..results import layer_depth, layer_order, write_layers
+from ..summaries import build_phases
 from .cache import FeatureCache
-from .layer_metrics import PER_IMAGE_IDS, per_image_values, pooled_features
+from .layer_metrics import ATTENTION_IDS, PER_IMAGE_IDS, per_image_values, pooled_features
+
+ISI_REC_IDS = frozenset({"isi_rec", "r2_self", "r2_all"})
 from .progress import Progress
 
 
@@ -62,8 +69,14 @@ class AnalyzeConfig:
     name: str | None = None
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     n_boot: int = 1000
+    n_boot_phases: int = 200
+    report: bool = True
     num_workers: int = 0
     figures: bool = True
+    metrics: str | None = None  # --metrics: groups core / paper / all and single ids; None = all
+    probe: str | None = None  # --probe logistic adds the softmax-regression probe to the selection
+    isi_k: int = 8
+    isi_k_in: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -103,30 +116,41 @@ def _resolve_device(device: str) -> torch.device:
 
 
 class _Pass:
-    """State of the streaming pass: per-image curves, the feature cache, NaN/Inf flags."""
+    """State of the streaming pass: per-image curves, ISI sufficient statistics, the feature cache, NaN/Inf flags."""
 
-    def __init__(self, tm: TappedModel, n_items: int, cache: FeatureCache):
+    def __init__(self, tm: TappedModel, n_items: int, cache: FeatureCache, metrics: frozenset[str],
+                 splits: np.ndarray, isi_rec: dict | None):
         self.tm = tm
-        self.layer_pos = {name: i for i, name in enumerate(tm.layer_names)}
-        self.curves = PerImageCurves(list(PER_IMAGE_IDS), n_items, len(tm.layer_names))
+        self.metrics = metrics
+        self.curves = PerImageCurves([m for m in PER_IMAGE_IDS if m in metrics], n_items, len(tm.layer_names))
         self.cache = cache
+        self.splits = splits
+        self.isi_rec = isi_rec  # layer -> ReconstructionISI, or None
         self.nonfinite: dict[str, int] = {}
+        self.attention = bool(metrics & ATTENTION_IDS)
         self._rows: np.ndarray | None = None
+        self._pre: torch.Tensor | None = None
         self._feats: dict[str, list] = {}
 
     def sink(self, t):
         rows = self._rows
-        if not torch.isfinite(t.tokens).all():
-            self.nonfinite[t.layer] = self.nonfinite.get(t.layer, 0) + int((~torch.isfinite(t.tokens)).any(-1)
-                                                                           .any(-1).sum())
-        for metric, values in per_image_values(t, self.tm.has_cls).items():
+        finite = torch.isfinite(t.tokens)
+        if not finite.all():
+            self.nonfinite[t.layer] = self.nonfinite.get(t.layer, 0) + int((~finite).any(-1).any(-1).sum())
+        for metric, values in per_image_values(t, self.tm.has_cls, self.metrics).items():
             self.curves.update(metric, t.position, rows, values)
         for ts, feats in pooled_features(t, self.tm.has_cls).items():
             self._feats.setdefault(ts, []).append(feats.to(torch.float16).cpu().numpy())
+        if self.isi_rec is not None:
+            if t.layer == "pre":
+                self._pre = t.tokens
+            else:
+                self.isi_rec[t.layer].update(t.tokens, self._pre, self.splits[rows])
 
     def batch(self, images: torch.Tensor, rows: np.ndarray, first_row: int, span: int) -> None:
         self._rows, self._feats = rows, {}
-        self.tm.run(images, self.sink, attention=True)
+        self.tm.run(images, self.sink, attention=self.attention)
+        self._pre = None
         for ts, per_layer in self._feats.items():
             feats = np.stack(per_layer)  # (n_layers, B, d)
             block = np.zeros((feats.shape[0], span, feats.shape[2]), dtype=np.float16)
@@ -153,6 +177,11 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     check_labels(labels, source.class_names)
     splits = stratified_splits(labels, cfg.split_fractions, seed=cfg.seed)
 
+    metrics = resolve_metrics(cfg.metrics)
+    if cfg.probe not in (None, "ridge", "logistic"):
+        raise VitdepthError(f"--probe {cfg.probe!r} is not known; use ridge (always on) or logistic")
+    if cfg.probe == "logistic":
+        metrics |= {"probe_acc_logistic"}
     tm = create_model(cfg.model, checkpoint=cfg.checkpoint, random_init=cfg.random_init, seed=cfg.seed,
                       device=device)
     transform = build_transform(tm.preprocess)
@@ -164,7 +193,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start)
+        _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -174,7 +203,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     return out
 
 
-def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start) -> None:
+def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics) -> None:
     n = len(indices)
     layers = tm.layer_names
     dim = tm.sites.patch_proj.out_channels
@@ -182,7 +211,12 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     if tm.has_cls:
         cache_layers["cls"] = layers[1:]
     cache = FeatureCache.create(tmp / "cache", cache_layers, n, dim)
-    state = _Pass(tm, n, cache)
+    isi_rec = None
+    if metrics & ISI_REC_IDS:
+        num_tokens = len(tm.prefix_names) + _num_patches(tm)
+        isi_rec = {layer: ReconstructionISI(dim, num_tokens, _num_patches(tm), k=cfg.isi_k, k_in=cfg.isi_k_in,
+                                            seed=cfg.seed) for layer in layers[1:]}
+    state = _Pass(tm, n, cache, metrics, splits, isi_rec)
     skipped: list[dict] = []
     loaded = np.zeros(n, dtype=bool)
     t0 = time.perf_counter()
@@ -205,22 +239,33 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     check_labels(labels_ok, source.class_names)
 
     t0 = time.perf_counter()
-    rows_out, probe_info = _probe_rows(name, tm, cache, labels, splits, loaded, len(source.class_names))
+    correct_store = {ts: np.full((n, len(layers)), np.nan) for ts in cache.layers}
+    rows_out, probe_info = _probe_rows(name, tm, cache, labels, splits, loaded, len(source.class_names), metrics,
+                                       correct_store)
+    if "probe_acc_logistic" in metrics:
+        rows_out += _logistic_rows(name, tm, cache, labels, splits, loaded, probe_info, cfg.seed)
     t_probe = time.perf_counter() - t0
     rows_out = _per_image_rows(name, tm, state.curves, loaded, cfg) + rows_out
+    if isi_rec is not None:
+        rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()))
     rows_out.sort(key=lambda r: (r["metric"], r["token_set"], -1 if r["layer"] == "pre" else int(r["layer"])))
     write_layers(rows_out, tmp)
     np.savez_compressed(tmp / "per_image.npz", dataset_index=indices[loaded], label=labels[loaded],
                         split=splits[loaded], layers=np.array(layers),
-                        **{m: v[loaded] for m, v in state.curves.state_dict().items()})
+                        **{m: v[loaded] for m, v in state.curves.state_dict().items()},
+                        **{f"probe_correct_{ts}": v[loaded] for ts, v in correct_store.items()})
+    truncation = _truncation(tm, rows_out, device, cfg)
 
     warn = list(tm.sites.warnings) + list(getattr(source, "warnings", []))
     for layer, count in state.nonfinite.items():
         warn.append(f"layer {layer}: {count} images have NaN/Inf activations")
     if skipped:
         warn.append(f"{len(skipped)} unreadable images were skipped (listed under data.skipped)")
+    not_applicable = []
     if not tm.has_cls:
-        warn.append("the model has no [CLS] token: cls_patch_sim and the cls probe are not applicable")
+        not_applicable = sorted(m for m in metrics if METRICS[m].requires_cls)
+        warn.append(f"the model has no [CLS] token: {', '.join(not_applicable) or 'no selected metric'} and the "
+                    "cls token set are not applicable (no rows)")
     counts = {s: int(((splits == i) & loaded).sum()) for i, s in enumerate(SPLITS)}
     run = {
         "vitdepth_version": __version__,
@@ -230,21 +275,30 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
                   "preprocess": tm.preprocess.to_dict(), "dtype": str(tm.dtype), "device": str(device)},
         "data": {**source.identity(), "analyzed": int(loaded.sum()), "selected": n, "splits": counts,
                  "split_fractions": list(cfg.split_fractions), "skipped": skipped},
-        "metrics": {m: {"formula": METRICS[m].formula} for m in METRICS},
+        "metrics": {"selected": sorted(metrics), "spec": cfg.metrics or "all", "not_applicable": not_applicable,
+                    "formulas": {m: METRICS[m].formula for m in sorted(metrics)},
+                    "isi_rec": next(iter(isi_rec.values())).projection_info() if isi_rec else None},
         "probe": probe_info,
         "seed": cfg.seed,
         "versions": _versions(),
         "timings": {"pass_s": t_pass, "probes_s": t_probe, "images_per_s": float(loaded.sum()) / t_pass},
+        "truncation": truncation,
         "warnings": warn,
     }
+    (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
+    phases = build_phases(tmp, n_boot=cfg.n_boot_phases)
     if cfg.figures:
         from ..report.figures import write_run_figures
 
         t0 = time.perf_counter()
-        write_run_figures(tmp, rows=rows_out, model=name)
+        write_run_figures(tmp, rows=rows_out, model=name, phases=phases)
         run["timings"]["figures_s"] = time.perf_counter() - t0
     run["timings"]["total_s"] = time.perf_counter() - t_start
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
+    if cfg.figures and cfg.report:
+        from ..report.html import write_run_report
+
+        write_run_report(tmp)
 
 
 def _json_default(o):
@@ -265,26 +319,79 @@ def _row(model, layer, depth, metric, token_set, value, lo, hi, n) -> dict:
 
 
 def _per_image_rows(name, tm, curves, loaded, cfg) -> list[dict]:
-    rows = []
+    # every applicable (metric, layer) column in one bootstrap call: one multinomial draw serves them all
+    # (a column's CI depends only on its values and the seed, so this equals one call per metric)
+    cols, keys = [], []
     for metric, values in curves.state_dict().items():
         v = values[loaded]
-        applicable = ~np.all(np.isnan(v), axis=0)
-        if not applicable.any():
-            continue
-        mean, lo, hi = bootstrap_mean_ci(v[:, applicable], n_boot=cfg.n_boot, seed=cfg.seed)
-        counts = (~np.isnan(v[:, applicable])).sum(axis=0)
-        for j, pos in enumerate(np.flatnonzero(applicable)):
-            rows.append(_row(name, tm.layer_names[pos], tm.depth, metric, "", mean[j], lo[j], hi[j], counts[j]))
+        for pos in np.flatnonzero(~np.all(np.isnan(v), axis=0)):
+            cols.append(v[:, pos])
+            keys.append((metric, pos))
+    if not cols:
+        return []
+    matrix = np.stack(cols, axis=1)
+    mean, lo, hi = bootstrap_mean_ci(matrix, n_boot=cfg.n_boot, seed=cfg.seed)
+    counts = (~np.isnan(matrix)).sum(axis=0)
+    return [_row(name, tm.layer_names[pos], tm.depth, metric, "", mean[j], lo[j], hi[j], counts[j])
+            for j, (metric, pos) in enumerate(keys)]
+
+
+def _truncation(tm, rows, device, cfg) -> dict | None:
+    """FLOPs and measured latency of the model cut after the saturation block of the mean probe, vs the full model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    curve = sorted((r for r in rows if r["metric"] == "probe_acc" and r["token_set"] == "mean"),
+                   key=lambda r: layer_order(r["layer"]))
+    if not curve:
+        return None
+    x = np.array([layer_order(r["layer"]) for r in curve], dtype=float)
+    sat = saturation_layer(x, np.array([r["value"] for r in curve]), 0.99)
+    blocks = int(min(max(1, round(sat["layer_x"])), tm.depth))
+    h, w = tm.preprocess.input_size
+    one = torch.zeros(1, 3, h, w, device=device, dtype=tm.dtype)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as full:
+            tm.output(one)
+        with FlopCounterMode(display=False) as cut:
+            tm.output_until(one, blocks)
+        batch = one.expand(min(cfg.batch_size, 32), -1, -1, -1).contiguous()
+
+        def median_time(fn, repeats=5):
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            return float(np.median(times))
+
+        tm.output(batch)  # warm-up
+        t_full = median_time(lambda: tm.output(batch))
+        t_cut = median_time(lambda: tm.output_until(batch, blocks))
+    return {"layer": str(blocks), "blocks_kept": blocks, "depth": tm.depth,
+            "flops_full": int(full.get_total_flops()), "flops_cut": int(cut.get_total_flops()),
+            "flops_fraction_saved": 1 - cut.get_total_flops() / max(1, full.get_total_flops()),
+            "latency_full_s": t_full, "latency_cut_s": t_cut, "latency_batch": int(batch.shape[0]),
+            "latency_fraction_saved": 1 - t_cut / t_full if t_full > 0 else float("nan")}
+
+
+def _split_rows(splits, loaded) -> dict[str, np.ndarray]:
+    rows = {s: np.flatnonzero((splits == i) & loaded) for i, s in enumerate(SPLITS)}
+    if len(rows["val"]) == 0 or len(rows["test"]) == 0:
+        raise VitdepthError("the validation or test split is empty; use more images (--samples) so every split "
+                            "has at least one image")
     return rows
 
 
-def _probe_rows(name, tm, cache, labels, splits, loaded, n_classes) -> tuple[list[dict], dict]:
-    rows, info = [], {"kind": "ridge", "standardize": True, "alpha": {}, "val_accuracy": {}}
-    split_rows = {s: np.flatnonzero((splits == i) & loaded) for i, s in enumerate(SPLITS)}
-    if len(split_rows["val"]) == 0 or len(split_rows["test"]) == 0:
-        raise VitdepthError("the validation or test split is empty; use more images (--samples) so every split "
-                            "has at least one image")
+def _probe_rows(name, tm, cache, labels, splits, loaded, n_classes, metrics, correct_store) -> tuple[list[dict], dict]:
+    """Ridge probes for every layer and token set, and neural collapse on the test split (uses the probe)."""
+    rows, info = [], {"kind": "ridge", "standardize": True, "alpha": {}, "val_accuracy": {},
+                      "nc_convention": "test split; centred by the mean of the class means; Σ_W pooled over samples "
+                                       "(1/N); NC3 and NC4 use the ridge probe"}
+    split_rows = _split_rows(splits, loaded)
     classes = np.arange(n_classes)
+    want_nc = sorted(m for m in metrics if METRICS[m].family == "collapse")
     for ts, layer_names in cache.layers.items():
         for li, layer in enumerate(layer_names):
             def chunks(split, li=li, ts=ts):
@@ -295,15 +402,74 @@ def _probe_rows(name, tm, cache, labels, splits, loaded, n_classes) -> tuple[lis
                 warnings.simplefilter("ignore", RuntimeWarning)
                 probe = fit_ridge_probe(chunks("train"), chunks("val"), classes)
             correct = total = 0
+            stats = CollapseStats.empty(n_classes, cache.dim)
+            position = tm.layer_names.index(layer)
             for x, y in chunks("test"):
-                correct += int((probe.predict(x) == y).sum())
+                hit = probe.predict(x) == y
+                # per-image correctness: what the phase fit resamples for probe-curve breakpoint CIs
+                correct_store[ts][split_rows["test"][total:total + len(y)], position] = hit
+                correct += int(hit.sum())
                 total += len(y)
-            acc = correct / total
-            lo, hi = wilson_interval(correct, total)
-            rows.append(_row(name, layer, tm.depth, "probe_acc", ts, acc, lo, hi, total))
+                if want_nc:
+                    stats = collapse_merge(stats, collapse_update(x, y, n_classes))
             info["alpha"][f"{ts}/{layer}"] = float(probe.alpha_)
             info["val_accuracy"][f"{ts}/{layer}"] = float(max(probe.val_scores_.values()))
+            if "probe_acc" in metrics:
+                lo, hi = wilson_interval(correct, total)
+                rows.append(_row(name, layer, tm.depth, "probe_acc", ts, correct / total, lo, hi, total))
+            if want_nc:
+                nc = collapse_compute(stats, probe.coef_)
+                means = stats.class_means()
+                disagree = n_nc4 = 0
+                for x, _ in chunks("test"):
+                    d, m = nc4_disagreement(x, means, probe.predict(x))
+                    disagree, n_nc4 = disagree + d, n_nc4 + m
+                nc["nc4"] = disagree / n_nc4
+                for metric in want_nc:
+                    rows.append(_row(name, layer, tm.depth, metric, ts, nc[metric], np.nan, np.nan, total))
     return rows, info
+
+
+def _logistic_rows(name, tm, cache, labels, splits, loaded, info, seed) -> list[dict]:
+    """Softmax-regression probes for every layer and token set at once (features of the splits in memory)."""
+    from ..metrics.logistic import fit_logistic_probes
+
+    split_rows = _split_rows(splits, loaded)
+    heads = [(ts, li, layer) for ts, names in cache.layers.items() for li, layer in enumerate(names)]
+
+    def stacked(split):
+        r = split_rows[split]
+        return torch.from_numpy(np.stack([np.concatenate(list(cache.read(ts, li, r))) for ts, li, _ in heads]))
+
+    probes = fit_logistic_probes(stacked("train"), torch.from_numpy(labels[split_rows["train"]]),
+                                 stacked("val"), torch.from_numpy(labels[split_rows["val"]]), seed=seed)
+    y_test = labels[split_rows["test"]]
+    pred = np.asarray(probes.predict(stacked("test")))
+    rows = []
+    info["logistic_weight_decay"] = {}
+    for k, (ts, _, layer) in enumerate(heads):
+        correct = int((pred[k] == y_test).sum())
+        lo, hi = wilson_interval(correct, len(y_test))
+        rows.append(_row(name, layer, tm.depth, "probe_acc_logistic", ts, correct / len(y_test), lo, hi,
+                         len(y_test)))
+        info["logistic_weight_decay"][f"{ts}/{layer}"] = float(probes.weight_decay_[k])
+    return rows
+
+
+def _isi_rec_rows(name, tm, isi_rec, metrics, n_test) -> list[dict]:
+    rows = []
+    for layer, stat in isi_rec.items():
+        values = stat.compute()
+        for metric in ("isi_rec", "r2_self", "r2_all"):
+            if metric in metrics:
+                rows.append(_row(name, layer, tm.depth, metric, "", values[metric], np.nan, np.nan, n_test))
+    return rows
+
+
+def _num_patches(tm) -> int:
+    img = tm.preprocess.input_size
+    k = tm.sites.patch_proj.kernel_size
+    return (img[0] // k[0]) * (img[1] // k[1])
 
 
 def _enumerate_chunks(it):

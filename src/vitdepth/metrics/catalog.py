@@ -7,7 +7,7 @@ definition below is ours it says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -17,12 +17,16 @@ class MetricInfo:
     Attributes:
         id: the metric id in the results table.
         family: figure / report group.
-        kind: ``"per_image"`` (a scalar per image, bootstrap CI) or ``"probe"`` (accuracy, Wilson CI).
+        kind: ``"per_image"`` (a scalar per image, bootstrap CI), ``"probe"`` (accuracy, Wilson CI) or
+            ``"split"`` (a statistic of a whole split: no CI).
         layers: ``"all"`` (pre, 0..L), ``"tokens"`` (0..L: needs prefix tokens) or ``"blocks"`` (1..L).
         requires_cls: not applicable to models without a [CLS] token.
         token_sets: token sets the metric is reported for (probes), else empty.
         formula: the formula as implemented.
         reading: what high and low values mean.
+        cost: what computing it costs.
+        source: where the metric comes from (and whether the exact definition is ours).
+        groups: ``--metrics`` groups it belongs to (``core``, ``paper``; ``all`` holds every id).
     """
 
     id: str
@@ -33,6 +37,9 @@ class MetricInfo:
     token_sets: tuple[str, ...]
     formula: str
     reading: str
+    cost: str = ""
+    source: str = ""
+    groups: tuple[str, ...] = ("core", "paper")
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -61,16 +68,133 @@ METRICS: dict[str, MetricInfo] = {
                    "test top-1 accuracy of a closed-form ridge probe on standardized features (one-hot targets, "
                    "λ chosen on the validation split); cls = [CLS] token, mean = mean of patch tokens",
                    "how linearly decodable the labels are from that layer's representation"),
+        MetricInfo("probe_acc_logistic", "probe", "probe", "all", False, ("cls", "mean"),
+                   "test top-1 accuracy of a softmax-regression probe on standardized features, trained for every "
+                   "layer and token set at once; weight decay chosen per head on the validation split",
+                   "as probe_acc; usually a little higher, closer to the paper's linear probes", groups=()),
+        MetricInfo("isi_rec", "isi_rec", "split", "tokens", False, (),
+                   "R²_all − R²_self: held-out R² of recovering the pre-PE patch embeddings R_out e_p from all tokens "
+                   "[R_in t_1 … R_in t_T] of the layer minus from R_in z_p alone (seeded random orthonormal "
+                   "projections, ridge with λ chosen on validation, R² on test)",
+                   "≈ 0: each token still carries its own patch; > 0: the patch's information is spread over other "
+                   "tokens (scrambled)", groups=("paper",)),
+        MetricInfo("r2_self", "isi_rec", "split", "tokens", False, (),
+                   "held-out R² of the self-only ridge R_in z_p → R_out e_p (shared over positions)",
+                   "how well a token alone still encodes its own patch embedding", groups=("paper",)),
+        MetricInfo("r2_all", "isi_rec", "split", "tokens", False, (),
+                   "held-out R² of the all-to-all ridge [R_in t_1 … R_in t_T] → [R_out e_1 … R_out e_P]",
+                   "how well all tokens together still encode every patch embedding", groups=("paper",)),
+        MetricInfo("cls_centrality", "attention", "per_image", "blocks", True, (),
+                   "CCC: mean over heads and patch queries of the attention mass given to the [CLS] key "
+                   "(our definition)", "high: patches read the [CLS] token; low: [CLS] is ignored",
+                   groups=("paper",)),
+        MetricInfo("cls_self", "attention", "per_image", "blocks", True, (),
+                   "attention of the [CLS] query to itself, averaged over heads",
+                   "high: [CLS] keeps its own content; low: [CLS] gathers from patches", groups=("paper",)),
+        MetricInfo("attn_consensus", "attention", "per_image", "blocks", False, (),
+                   "ACI: 1 − mean over patch queries of JS(A_q ‖ Ā)/ln 2 per head (Ā = mean patch-query row), "
+                   "averaged over heads (our definition)",
+                   "1: every patch reads the same tokens (consensus); 0: patches read disjoint tokens",
+                   groups=("paper",)),
+        MetricInfo("attn_distance", "attention", "per_image", "blocks", False, (),
+                   "mean over heads and patch queries of Σ_k A_qk ‖pos(q) − pos(k)‖ / Σ_k A_qk over patch keys "
+                   "(in patches; prefix keys excluded)",
+                   "large: global attention; small: local attention", groups=("paper",)),
+        MetricInfo("nc1", "collapse", "split", "all", False, ("cls", "mean"),
+                   "Tr(Σ_W Σ_B†)/C on the test split (Σ_W pooled within-class covariance, Σ_B covariance of the "
+                   "class means about their mean)", "→ 0: within-class variability collapses onto the class means",
+                   groups=("paper",)),
+        MetricInfo("nc2_norm", "collapse", "split", "all", False, ("cls", "mean"),
+                   "coefficient of variation of ‖μ_c − μ_G‖ over classes", "→ 0: class means equinorm",
+                   groups=("paper",)),
+        MetricInfo("nc2_angle", "collapse", "split", "all", False, ("cls", "mean"),
+                   "mean over c≠c' of |cos(μ_c − μ_G, μ_c' − μ_G) + 1/(C−1)|",
+                   "→ 0: class means form a simplex equiangular tight frame", groups=("paper",)),
+        MetricInfo("nc3", "collapse", "split", "all", False, ("cls", "mean"),
+                   "‖W/‖W‖_F − M/‖M‖_F‖_F, W the ridge probe weights, M the centred class means",
+                   "→ 0: the classifier aligns with the class means (self-duality)", groups=("paper",)),
+        MetricInfo("nc4", "collapse", "split", "all", False, ("cls", "mean"),
+                   "fraction of test images where the ridge probe and the nearest class mean disagree",
+                   "→ 0: the classifier acts as a nearest-class-centre rule", groups=("paper",)),
     )
 }
+
+_PAPER = "arXiv 2511.21635"
+_OURS = f"{_PAPER} (exact formula not public; our definition)"
+_DETAILS = {
+    "token_sim": ("O(P·d) per image via the norm of the summed unit vectors; no P×P matrix", _OURS),
+    "token_sim_centered": ("O(P·d) per image", _OURS),
+    "cls_patch_sim": ("O(P·d) per image", _OURS),
+    "isi_attn": ("one log pass over the B×H×T×T attention (shared with attn_entropy) plus O(T·d); attention "
+                 "recomputed from the model's q, k", f"{_PAPER}, lightweight attention form (our definition)"),
+    "attn_delta": ("O(T·d) per image", "factor of isi_attn (our definition)"),
+    "attn_entropy": ("one log pass over the B×H×T×T attention", "factor of isi_attn; attention entropy as in "
+                     "Zhai et al. 2023 (normalised by log T)"),
+    "probe_acc": ("after the pass: one d×d Gram per layer and token set, one eigendecomposition serves every λ",
+                  f"linear probing (Alain & Bengio 2016), as in {_PAPER}"),
+    "probe_acc_logistic": ("after the pass: one optimiser over all layers × token sets × weight decays, "
+                           "features of the train/val/test splits in memory",
+                           "linear evaluation as in DINO / MAE linear probing"),
+    "isi_rec": ("per layer and split a (T·k_in)² Gram (≤ 2048²) and a (k_in+1)² Gram, updated by one matmul per "
+                "batch", f"{_PAPER} (ISI); projections and regressor are our definition"),
+    "r2_self": ("part of isi_rec", "part of isi_rec (our definition)"),
+    "r2_all": ("part of isi_rec", "part of isi_rec (our definition)"),
+    "cls_centrality": ("O(H·P) per image from the attention", _OURS),
+    "cls_self": ("O(H) per image", _OURS),
+    "attn_consensus": ("one log pass over the B×H×P×T mixtures with the mean row (row entropies are shared with "
+                       "attn_entropy)", _OURS),
+    "attn_distance": ("one batched matmul of the attention with the P×P distance matrix",
+                      "mean attention distance, Dosovitskiy et al. 2021 (ICLR), Fig. 7"),
+    "nc1": ("after the pass, from the cached test features: d×d moments and a pseudo-inverse",
+            "Papyan, Han & Donoho 2020 (PNAS)"),
+    "nc2_norm": ("from the class means", "Papyan, Han & Donoho 2020"),
+    "nc2_angle": ("from the class means", "Papyan, Han & Donoho 2020"),
+    "nc3": ("from the class means and the ridge probe weights", "Papyan, Han & Donoho 2020"),
+    "nc4": ("one more pass over the cached test features", "Papyan, Han & Donoho 2020"),
+}
+for _id, (_cost, _source) in _DETAILS.items():
+    METRICS[_id] = replace(METRICS[_id], cost=_cost, source=_source)
 
 FAMILIES: dict[str, str] = {
     "similarity": "Token similarity",
     "isi": "Information scrambling (attention form)",
+    "isi_rec": "Information scrambling (reconstruction form)",
+    "attention": "Attention graph",
     "probe": "Linear probes",
+    "collapse": "Neural collapse",
 }
+
+GROUPS = ("core", "paper", "all")
 
 
 def list_metrics(family: str | None = None) -> list[str]:
     """Metric ids, optionally of one family, in catalogue order."""
     return [m.id for m in METRICS.values() if family is None or m.family == family]
+
+
+def resolve_metrics(spec: str | None) -> frozenset[str]:
+    """Metric ids selected by ``--metrics``: groups ``core``, ``paper``, ``all`` and single ids, comma-separated.
+
+    ``None`` means ``all``. ``core`` is the single-pass set of the first release (similarity, attention-form ISI,
+    ridge probes); ``paper`` adds everything the paper measures; ``all`` adds the logistic probe.
+    """
+    import difflib
+
+    from .._errors import VitdepthError
+
+    if spec is None or not spec.strip():
+        spec = "all"
+    chosen: set[str] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if part == "all":
+            chosen |= set(METRICS)
+        elif part in ("core", "paper"):
+            chosen |= {m.id for m in METRICS.values() if part in m.groups}
+        elif part in METRICS:
+            chosen.add(part)
+        else:
+            close = difflib.get_close_matches(part, [*GROUPS, *METRICS], n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise VitdepthError(f"unknown metric {part!r} in --metrics{hint} (groups: {', '.join(GROUPS)}; ids: see "
+                                "docs/metrics.md)")
+    return frozenset(chosen)

@@ -206,7 +206,24 @@ def cls_patch_similarity(cls: Tensor, patches: Tensor) -> Tensor:
     return (n_c * _unit_sum(z, inv_z).to(acc)).sum(dim=-1) / p
 
 
-def attention_entropy(attn: Tensor) -> Tensor:
+def attention_row_entropy(attn: Tensor) -> Tensor:
+    """Shannon entropy (nats, 0 log 0 = 0) of every attention row, per head: (B, H, T, S) -> (B, H, T).
+
+    The one log pass over the attention that the entropy-based metrics share (``attention_entropy``,
+    ``isi_attention`` and ``attention_graph``'s consensus accept it precomputed), in the compute
+    dtype (float32 for bf16/fp16 inputs). Memory: one temporary of the size of ``attn``.
+    """
+    _check_tensor("attn", attn, 4, "(B, H, T, S)")
+    dtype = _compute_dtype(attn)
+    # p * log(max(p, tiny)) is exactly 0 where p == 0, and the in-place chain keeps it to a single
+    # B x H x T x S temporary (autograd still works: clamp_min's backward needs only its input).
+    tiny = torch.finfo(dtype).tiny
+    plogp = attn.to(dtype).clamp_min_(tiny) if attn.dtype != dtype else attn.clamp_min(tiny)
+    plogp = plogp.log_().mul_(attn)
+    return plogp.sum(dim=-1).neg_()
+
+
+def attention_entropy(attn: Tensor, row_entropy: Tensor | None = None) -> Tensor:
     """Normalised Shannon entropy of every attention row, averaged over heads.
 
     For query row ``t`` of head ``h`` with probabilities ``p_{h,t,1..S}`` (our normalisation of the
@@ -218,32 +235,24 @@ def attention_entropy(attn: Tensor) -> Tensor:
     output); this is not checked, to keep the metric cheap. ``S == 1`` gives 0 (a single key
     leaves no choice).
 
-    Memory: one temporary of the size of ``attn`` (float32 for bf16/fp16 inputs), no loop over
-    heads or rows.
-
     Args:
         attn: Attention probabilities, shape (B, H, T, S).
+        row_entropy: :func:`attention_row_entropy` of ``attn`` when already computed (saves the log pass).
 
     Returns:
         Float64 tensor of shape (B, T) on the input's device, values in [0, 1].
     """
     _check_tensor("attn", attn, 4, "(B, H, T, S)")
-    dtype = _compute_dtype(attn)
     acc = _acc_dtype(attn.device)
     s = attn.shape[-1]
-    # p * log(max(p, tiny)) is exactly 0 where p == 0, and the in-place chain keeps it to a single
-    # B x H x T x S temporary (autograd still works: clamp_min's backward needs only its input).
-    tiny = torch.finfo(dtype).tiny
-    plogp = attn.to(dtype).clamp_min_(tiny) if attn.dtype != dtype else attn.clamp_min(tiny)
-    plogp = plogp.log_().mul_(attn)
-    per_head = plogp.sum(dim=-1).neg_().to(acc)  # (B, H, T)
+    per_head = (attention_row_entropy(attn) if row_entropy is None else row_entropy).to(acc)  # (B, H, T)
     ent = per_head.mean(dim=1)
     if s <= 1:
         return torch.zeros_like(ent)
     return ent / math.log(s)
 
 
-def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor) -> dict[str, Tensor]:
+def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor, row_entropy: Tensor | None = None) -> dict[str, Tensor]:
     """Information Scrambling Index, attention form, per image (design §4).
 
     Our concrete form of the ISI of arXiv 2511.21635, for block ``l`` and every token ``i``
@@ -262,6 +271,7 @@ def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor) -> dict[str, Tensor
         x_in: Block input (residual stream before attention), shape (B, T, d).
         x_mid: Residual stream after the attention sub-layer, shape (B, T, d).
         attn: Attention probabilities of the block, shape (B, H, T, S) (S == T for global attention).
+        row_entropy: :func:`attention_row_entropy` of ``attn`` when already computed.
 
     Returns:
         Dict with float64 tensors of shape (B,) under ``"isi_attn"``, ``"attn_delta"`` and
@@ -288,7 +298,7 @@ def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor) -> dict[str, Tensor
     denom = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
     cos = dot / torch.where(denom > 0, denom, torch.full_like(denom, math.inf))
     s = (1.0 - cos.to(acc)).clamp_(0.0, 2.0)
-    e = attention_entropy(attn)
+    e = attention_entropy(attn, row_entropy)
     return {
         "isi_attn": (s * e).mean(dim=-1),
         "attn_delta": s.mean(dim=-1),

@@ -13,6 +13,10 @@ from ..data.transforms import PreprocessConfig
 from .taps import LayerTaps, SiteMap, tap
 
 
+class StopForward(Exception):
+    """Raised by a hook to end a forward early (never escapes :meth:`TappedModel.output_until`)."""
+
+
 @dataclass
 class TappedModel:
     """A vision transformer ready for layer-by-layer analysis.
@@ -88,6 +92,26 @@ class TappedModel:
             raise VitdepthError(f"only {state['blocks_seen']} of {self.depth} blocks fired during the forward of "
                                 f"{self.spec}; the model skips blocks the adapter found (early exit?)")
         return out
+
+    def output_until(self, images: torch.Tensor, blocks: int) -> None:
+        """Run the model only up to the output of block ``blocks`` (1..L), as if truncated there.
+
+        A forward hook on that block raises :class:`StopForward`, so later blocks and the head never run
+        (timm's ``stop_early`` idea, for any model). Used to measure what truncation saves.
+        """
+        if not 1 <= blocks <= self.depth:
+            raise ValueError(f"blocks must be in 1..{self.depth}, got {blocks}")
+
+        def stop(_mod, _args, _out):
+            raise StopForward
+
+        handle = self.sites.blocks[blocks - 1].register_forward_hook(stop)
+        try:
+            self.forward_fn(self.model, images)
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
 
     def capture(self, images: torch.Tensor, attention: bool = True) -> tuple[torch.Tensor, list[LayerTaps]]:
         """Run once and keep every layer's taps (for tests and small batches; the pass streams instead)."""

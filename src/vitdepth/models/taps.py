@@ -35,6 +35,7 @@ class LayerTaps:
         x_in: block input (B, T, d), blocks only.
         x_mid: residual stream after the attention sub-layer (B, T, d), blocks only.
         attn: attention probabilities (B, H, T, T), blocks only and when requested.
+        grid: patch grid (h, w) of this forward.
     """
 
     layer: str
@@ -44,6 +45,7 @@ class LayerTaps:
     x_in: torch.Tensor | None = None
     x_mid: torch.Tensor | None = None
     attn: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
 
     @property
     def patches(self) -> torch.Tensor:
@@ -131,7 +133,7 @@ def tap(sites: SiteMap, sink: Callable[[LayerTaps], None], attention: bool = Tru
         out = _first_tensor(out).detach()
         state["grid"] = (int(out.shape[-2]), int(out.shape[-1]))
         state["blocks_seen"] = 0
-        sink(LayerTaps("pre", 0, out.flatten(2).transpose(1, 2), 0))
+        sink(LayerTaps("pre", 0, out.flatten(2).transpose(1, 2), 0, grid=state["grid"]))
 
     def on_block_in(i):
         def hook(_mod, args, kwargs):
@@ -143,7 +145,7 @@ def tap(sites: SiteMap, sink: Callable[[LayerTaps], None], attention: bool = Tru
                     raise VitdepthError("the patch projection did not run before block 0; this model layout is not "
                                         "supported by the structural adapter")
                 state["num_prefix"] = x.shape[1] - grid[0] * grid[1]
-                sink(LayerTaps("0", 1, x, state["num_prefix"]))
+                sink(LayerTaps("0", 1, x, state["num_prefix"], grid=grid))
 
         return hook
 
@@ -168,7 +170,7 @@ def tap(sites: SiteMap, sink: Callable[[LayerTaps], None], attention: bool = Tru
                 attn = attention_probs(_heads(s["q"], site), _heads(s["k"], site), site.scale)
             state["blocks_seen"] += 1
             sink(LayerTaps(str(i + 1), i + 2, _first_tensor(out).detach(), state["num_prefix"],
-                           x_in=s["x_in"], x_mid=s["x_mid"], attn=attn))
+                           x_in=s["x_in"], x_mid=s["x_mid"], attn=attn, grid=state["grid"]))
 
         return hook
 

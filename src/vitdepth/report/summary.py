@@ -30,3 +30,29 @@ def summary_table(run_dir: str | Path) -> str:
             lines.append(f"best {ts} probe: {best['value']:.3f} at layer {best['layer']} "
                          f"(95% CI {best['ci_low']:.3f}–{best['ci_high']:.3f}, n={best['n']})")
     return "\n".join(lines)
+
+
+def phase_summary(run_dir: str | Path) -> str:
+    """Shape, phase boundaries and effective depth of a run, from phases.json."""
+    import json
+
+    path = Path(run_dir) / "phases.json"
+    res = load_run(run_dir)
+    if not path.is_file():
+        return f"{res.model}: no phases.json"
+    ph = json.loads(path.read_text())
+    lines = [f"{res.model} ({res.run['model']['depth']} blocks):"]
+    for key, fit in ph.get("fits", {}).items():
+        ci = fit.get("breakpoints_ci")
+        cis = f" (95% CI {ci[0][0]:g}–{ci[0][1]:g}, {ci[1][0]:g}–{ci[1][1]:g})" if ci else ""
+        lines.append(f"  {key:<16} {fit['label']:<22} boundaries at layers {fit['breakpoints_layer'][0]}, "
+                     f"{fit['breakpoints_layer'][1]}{cis}  R² {fit['r2']:.3f}")
+    sat = ph.get("saturation", {}).get("mean")
+    if sat:
+        lines.append(f"  effective depth: mean probe reaches {sat['fraction']:.0%} of its best ({sat['best']:.3f}) at "
+                     f"layer {sat['layer']} (useful depth {ph.get('useful_depth', float('nan')):.2f})")
+    onset = ph.get("tradeoff_onset")
+    if onset:
+        lines.append(f"  trade-off onset: layer {onset['layer']}, {onset['isi_metric']} rises "
+                     f"{onset['isi_rise_after']:+.4f} after it")
+    return "\n".join(lines)

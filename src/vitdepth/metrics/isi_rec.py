@@ -1,0 +1,602 @@
+"""Information Scrambling Index, reconstruction form (``isi_rec``), from streaming statistics.
+
+"Mechanisms of Non-Monotonic Scaling in Vision Transformers" (arXiv 2511.21635) defines an
+Information Scrambling Index: how far a layer has spread a patch's content over other tokens.
+design §4 makes it concrete as a pair of ridge regressions that try to recover each patch's
+pre-position-embedding patch embedding ``e_p`` from layer ``l``:
+
+- **self-only**: from token ``p`` alone, ``R_in z_p -> R_out e_p``, one map shared by every
+  position (each (image, patch) pair is a sample);
+- **all-to-all**: from every token of the layer at once (prefix tokens included),
+  ``[R_in t_1 ... R_in t_T] -> [R_out e_1 ... R_out e_P]`` (one sample per image);
+
+``isi_rec = R2_all - R2_self`` on a held-out split: about 0 when every patch's content is still
+in its own token, positive when other tokens carry it. ``R_in`` (d -> k_in) and ``R_out``
+(d -> k) are fixed random orthonormal projections drawn from the seed (:func:`draw_projections`),
+so the all-to-all problem has ``T k_in`` inputs and ``P k`` outputs.
+
+Our definition, exactly (every choice below is ours where the paper leaves one open):
+
+- Ridge objective per model, scikit-learn's ``Ridge`` units (alpha not divided by ``n``)::
+
+      min_W  sum_i ||v_i - W^T ((x_i - mu_x) / s)||^2 + alpha ||W||_F^2
+
+  with ``x_i`` the inputs, ``v_i = y_i - mu_y`` the centred targets, ``mu_x``/``mu_y`` and the
+  scale ``s`` from the **train** split. Inputs are **standardised** (population std; a constant
+  input gets weight 0): the tokens' scale changes by orders of magnitude over depth and between
+  prefix and patch tokens, and standardising makes one alpha grid fit every layer and puts the
+  penalty on equal footing across token positions. Targets are not scaled: a shared scale does
+  not change the fit, and R2 below is scale-free.
+- **Intercepts are per position and unpenalised in both models.** For the all-to-all model this
+  is the ordinary intercept (every output is one position's target). For the self-only model
+  we centre inputs and targets on their train mean *at that position* (position fixed effects:
+  ``mu_x``, ``mu_y`` depend on ``p``) and standardise by the pooled within-position std; the map
+  ``W`` is still shared. Reason: with a single shared intercept, a per-position offset that has
+  nothing to do with mixing (the position embedding added to every token) would count as
+  "information only the all-to-all model can use", and ``isi_rec`` would be positive for a
+  layer that mixes nothing. With per-position intercepts both models also share one R2
+  denominator (below), so ``isi_rec = (SSE_self - SSE_all) / SST`` exactly.
+- **R2** on the test split, pooled over every target dimension (scikit-learn's ``r2_score``
+  with ``multioutput="variance_weighted"`` on the ``(n_test, P k)`` target matrix)::
+
+      R2 = 1 - sum SSE / sum SST,   SST about the test split's own mean of each (position, dim)
+
+- **alpha** per model is the grid value with the smallest pooled validation SSE (ties go to the
+  larger alpha); the test split is never used to choose it.
+
+Streaming: every state is an additive float64 sum per split (train/val/test): the image count,
+``sum x``, ``sum y``, ``sum y**2`` per target, the all-to-all Gram ``X^T X`` and cross-moment
+``X^T Y``. The self-only statistics are *not* accumulated: with per-position centring they are
+sums of the all-to-all statistics' diagonal blocks (token ``prefix + p`` with target ``p``).
+Held-out SSE for any weights follows from a split's statistics,
+``SSE = tr(W^T U W) - 2 tr(W^T C) + sum ||v||^2`` with ``U``, ``C`` the split's moments about the
+train centre, and one eigendecomposition of the train Gram serves every alpha: in its
+eigenbasis the SSE of every alpha costs ``O((T k_in)^2)`` once a split is rotated.
+
+Cost and memory: per batch and split present, one ``(B, T k_in)^T (B, T k_in)`` and one
+``(B, T k_in)^T (B, P k)`` float64 matmul. The state is ``3 ((T k_in)^2 + T k_in P k)`` float64
+numbers per layer. For ViT-S/16 at 224 px (T = 197, P = 196, d = 384) the defaults give
+``k_in = min(32, 2048 // 197) = 10`` and ``k = 8``: ``T k_in = 1970`` inputs, ``P k = 1568``
+outputs, 31.0 MB per Gram + 24.7 MB per cross-moment, **167 MB per layer** (3 splits) and
+**2.2 GB for layers 0..12**, held on the tokens' device. ``compute`` rotates each held-out split
+into the eigenbasis (about 50 GFLOP per layer at that size: fast on a GPU, seconds on a CPU).
+
+Caveats a reader of the numbers needs:
+
+- ``isi_rec`` also rises when the layer applies *position-dependent* maps to unmixed tokens (the
+  all-to-all model has per-position weights, the self-only model one shared map), and when
+  neighbouring patches are correlated and token ``p``'s ``k_in``-dim projection loses what a
+  neighbour's projection still holds (natural images). Read it against layer 0, where nothing
+  has been mixed yet.
+- The all-to-all model has ``T k_in`` inputs per image: with few training images it overfits
+  (ridge limits, but does not remove, the damage) and ``isi_rec`` can be negative. Use training
+  splits with many more images than ``T k_in``.
+
+Precision: sums of raw (uncentred) products are what makes merging exact and order-free (DDP
+``all_reduce``); centring them later loses about ``log10(mean^2 / var)`` of float64's 16 digits
+per feature (e.g. 6 digits for a feature whose mean is 1000 standard deviations from zero).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vitdepth._errors import VitdepthError
+
+from .probes import InvalidParameterError, _check_alphas
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "ReconstructionISI",
+    "default_k_in",
+    "draw_projections",
+    "isi_reconstruction",
+]
+
+#: Ridge penalties tried for both models, scikit-learn units. Inputs are standardised, so the
+#: train Gram's diagonal is the number of train samples ``n`` (images for the all-to-all model,
+#: images x patches for the self-only one) and ``alpha / n`` is the relative shrinkage. The grid
+#: spans 10 decades, half a decade apart, because ``n`` differs by a factor ``P`` between the two
+#: models and the all-to-all model can have more inputs than train images.
+DEFAULT_ALPHAS = np.logspace(-3, 7, 21)
+
+_SPLITS = ("train", "val", "test")
+_STATE_KEYS = ("n", "sum_x", "sum_y", "sum_y2", "gram", "cross")
+# Largest all-to-all input width the default k_in allows (the Gram is at most this squared).
+_MAX_INPUT_WIDTH = 2048
+
+
+class _IsiInputError(VitdepthError, ValueError):
+    """Tensors, states or split codes handed to the reconstruction ISI do not fit its configuration."""
+
+
+def default_k_in(num_tokens: int, dim: int | None = None) -> int:
+    """``min(32, 2048 // T)``, and at most ``dim``: the all-to-all Gram stays at most 2048 x 2048 (design §4)."""
+    k_in = max(1, min(32, _MAX_INPUT_WIDTH // int(num_tokens)))
+    return k_in if dim is None else min(k_in, int(dim))
+
+
+# --------------------------------------------------------------------------------------------
+# Projections.
+# --------------------------------------------------------------------------------------------
+
+
+def _orthonormal(dim: int, k: int, seed: int, stream: int) -> np.ndarray:
+    """(dim, k) matrix with orthonormal columns: QR of a Gaussian, signs fixed by R's diagonal."""
+    rng = np.random.default_rng([seed, stream])
+    q, r = np.linalg.qr(rng.standard_normal((dim, k)))
+    sign = np.sign(np.diag(r))
+    return np.ascontiguousarray(q * np.where(sign == 0, 1.0, sign))
+
+
+def draw_projections(dim: int, k_in: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed projections of a seed: ``r_in`` (dim, k_in) and ``r_out`` (dim, k), orthonormal columns.
+
+    Each comes from its own stream (``numpy.random.default_rng([seed, 0])`` and ``[seed, 1]``), so
+    ``r_out`` (the targets) is the same for every ``k_in`` and token count, and every layer of a
+    run uses the same pair. Features are ``tokens @ r_in`` and targets ``pre_patches @ r_out``.
+    """
+    return _orthonormal(dim, k_in, seed, 0), _orthonormal(dim, k, seed, 1)
+
+
+def _projection_sha256(r_in: np.ndarray, r_out: np.ndarray) -> str:
+    """sha256 of the little-endian float64 bytes of ``r_in`` then ``r_out`` (bitwise: this platform's LAPACK)."""
+    h = hashlib.sha256()
+    for r in (r_in, r_out):
+        h.update(np.ascontiguousarray(r, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Functional core (style rule 9): batch statistics, in-place accumulation, merge, compute.
+# --------------------------------------------------------------------------------------------
+
+
+def _isi_rec_empty(d_in: int, d_out: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """Zero statistics (no images) for every split; a rank without data contributes these."""
+    s = len(_SPLITS)
+    kw = {"device": device, "dtype": dtype}
+    return {
+        "n": torch.zeros(s, dtype=torch.int64, device=device),
+        "sum_x": torch.zeros(s, d_in, **kw),
+        "sum_y": torch.zeros(s, d_out, **kw),
+        "sum_y2": torch.zeros(s, d_out, **kw),
+        "gram": torch.zeros(s, d_in, d_in, **kw),
+        "cross": torch.zeros(s, d_in, d_out, **kw),
+    }
+
+
+def _split_rows(split: np.ndarray) -> dict[int, np.ndarray | None]:
+    """Row indices per split code present (None: every row), computed on the host, so no device sync."""
+    present = np.unique(split)
+    if present.size == 1:
+        return {int(present[0]): None}
+    return {int(s): np.flatnonzero(split == s) for s in present}
+
+
+def _isi_rec_update(tokens: Tensor, pre_patches: Tensor, split: np.ndarray, r_in: Tensor,
+                    r_out: Tensor) -> dict[int, dict[str, Tensor]]:
+    """Statistics of one batch, for the splits present only.
+
+    Args:
+        tokens: Layer tokens (B, T, d), prefix tokens first (any float dtype).
+        pre_patches: Pre-position-embedding patch embeddings (B, P, d).
+        split: Split codes (B,) in {0, 1, 2}, a host (numpy) array.
+        r_in: (d, k_in) projection on the accumulation device and dtype.
+        r_out: (d, k) projection, same device and dtype.
+
+    Returns:
+        ``{split_code: {"n", "sum_x", "sum_y", "sum_y2", "gram", "cross"}}`` for each code present.
+    """
+    b = tokens.shape[0]
+    x = (tokens.to(device=r_in.device, dtype=r_in.dtype) @ r_in).reshape(b, -1)  # (B, T k_in), token-major
+    y = (pre_patches.to(device=r_out.device, dtype=r_out.dtype) @ r_out).reshape(b, -1)  # (B, P k)
+    out = {}
+    for s, rows in _split_rows(split).items():
+        if rows is not None:
+            idx = torch.from_numpy(rows).to(x.device)
+            xs, ys = x.index_select(0, idx), y.index_select(0, idx)
+        else:
+            xs, ys = x, y
+        out[s] = {
+            "n": torch.tensor(xs.shape[0], dtype=torch.int64, device=x.device),
+            "sum_x": xs.sum(0),
+            "sum_y": ys.sum(0),
+            "sum_y2": (ys * ys).sum(0),
+            "gram": xs.T @ xs,
+            "cross": xs.T @ ys,
+        }
+    return out
+
+
+def _isi_rec_accumulate_(state: dict[str, Tensor], batch: dict[int, dict[str, Tensor]]) -> None:
+    """Add a batch's per-split statistics into ``state`` in place (no (3, D, D) temporary per batch)."""
+    for s, stats in batch.items():
+        for key in _STATE_KEYS:
+            state[key][s] += stats[key]
+
+
+def _isi_rec_merge(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Pool two states: elementwise sums (exact and order-free up to float rounding)."""
+    return {key: a[key] + b[key].to(a[key].device) for key in _STATE_KEYS}
+
+
+def _centred_system(state: dict[str, Tensor], s: int, mu_x: Tensor,
+                    mu_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Moments of split ``s`` about the *train* centre: ``U = sum u u^T``, ``C = sum u v^T``, ``sum v**2`` per target.
+
+    ``u = x - mu_x``, ``v = y - mu_y``. Held-out residuals of a model fitted on train are
+    ``v - W^T (u / s)``, so these are all the SSE needs.
+    """
+    n = state["n"][s].to(mu_x.dtype)
+    sx, sy = state["sum_x"][s], state["sum_y"][s]
+    u = state["gram"][s] - torch.outer(sx, mu_x) - torch.outer(mu_x, sx) + n * torch.outer(mu_x, mu_x)
+    c = state["cross"][s] - torch.outer(sx, mu_y) - torch.outer(mu_x, sy) + n * torch.outer(mu_x, mu_y)
+    v2 = state["sum_y2"][s] - 2.0 * mu_y * sy + n * mu_y * mu_y
+    return u, c, v2
+
+
+def _self_blocks(u: Tensor, c: Tensor, num_tokens: int, num_patches: int, k_in: int,
+                 k: int) -> tuple[Tensor, Tensor]:
+    """Self-only moments from all-to-all ones: sum over p of the (token prefix+p, target p) blocks.
+
+    The all-to-all moments are about per-(token, dim) train means, i.e. per-position means, so the
+    block sums are exactly the self-only model's moments with position fixed effects.
+    """
+    pre = num_tokens - num_patches
+    u4 = u.reshape(num_tokens, k_in, num_tokens, k_in)[pre:, :, pre:, :]
+    c4 = c.reshape(num_tokens, k_in, num_patches, k)[pre:]
+    return torch.diagonal(u4, dim1=0, dim2=2).sum(-1), torch.diagonal(c4, dim1=0, dim2=2).sum(-1)
+
+
+def _inverse_scale(u_train: Tensor, raw_sq: Tensor, n: float) -> Tensor:
+    """1 / population std per input; 0 for an input constant up to the rounding of raw sums.
+
+    The variance comes from raw sums (``sum x**2 - n mean**2``), whose rounding error is of order
+    ``eps * sum x**2``, not ``eps * var`` as in the two-pass variance that
+    ``probes._feature_scale`` (and scikit-learn's ``StandardScaler``) test against; so the
+    constant test here is ``var <= n * eps * mean(x**2)``. A weight of 0 drops the input from
+    both the fit and the held-out predictions, as scikit-learn's exactly-zero centred constant
+    column would.
+    """
+    var = torch.clamp(torch.diagonal(u_train) / n, min=0.0)
+    eps = torch.finfo(u_train.dtype).eps
+    constant = var <= n * eps * (raw_sq / n)
+    safe = torch.where(constant, torch.ones_like(var), var)
+    return torch.where(constant, torch.zeros_like(var), torch.rsqrt(safe))
+
+
+@dataclass(frozen=True)
+class _RidgeEig:
+    """Standardised train system in its eigenbasis: ``G = V diag(lam) V^T``, ``Q = V^T C~``, ``Q Q^T``."""
+
+    inv: Tensor
+    lam: Tensor
+    v: Tensor
+    q: Tensor
+    qqt: Tensor
+
+
+def _ridge_eig(u_tr: Tensor, c_tr: Tensor, inv: Tensor) -> _RidgeEig:
+    """One eigendecomposition of the standardised train Gram; serves every alpha and split."""
+    lam, v = torch.linalg.eigh(u_tr * torch.outer(inv, inv))
+    lam = torch.clamp(lam, min=0.0)  # PSD up to rounding; a negative eigenvalue could cancel alpha
+    q = v.T @ (c_tr * inv[:, None])
+    return _RidgeEig(inv=inv, lam=lam, v=v, q=q, qqt=q @ q.T)
+
+
+def _heldout_sse(path: _RidgeEig, u: Tensor, c: Tensor, v2: Tensor, alphas: Tensor) -> Tensor:
+    """Pooled SSE of a held-out split for each alpha, from the split's moments about the train centre.
+
+    The weights are ``W(alpha) = V diag(f) Q`` with ``f = 1 / (lam + alpha)``; a split with
+    standardised moments ``U~``, ``C~`` and ``sum ||v||^2`` then has::
+
+        SSE(alpha) = sum v**2 - 2 f . rowsum(Q * V^T C~) + f^T ((V^T U~ V) * (Q Q^T)) f
+
+    so after one rotation of the split each alpha costs ``O(D^2)``.
+    """
+    inv, v = path.inv, path.v
+    a = v.T @ (u * torch.outer(inv, inv)) @ v
+    h1 = (path.q * (v.T @ (c * inv[:, None]))).sum(1)
+    h2 = a * path.qqt
+    f = 1.0 / (path.lam[None, :] + alphas[:, None])  # (n_alpha, D)
+    return v2 - 2.0 * (f @ h1) + ((f @ h2) * f).sum(1)
+
+
+def _choose_alpha(sse: Tensor, alphas: np.ndarray) -> int:
+    """Index of the smallest validation SSE; ties (to 1e-12 relative) go to the larger alpha."""
+    sse = sse.detach().cpu().double().numpy()
+    best = np.nanmin(sse)
+    tied = np.flatnonzero(sse <= best + 1e-12 * abs(best))
+    return int(tied[np.argmax(alphas[tied])])
+
+
+def _isi_rec_compute(state: dict[str, Tensor], num_tokens: int, num_patches: int, k_in: int, k: int,
+                     alphas: np.ndarray) -> dict[str, float]:
+    """``isi_rec``, ``r2_self``, ``r2_all`` and the chosen alphas from the summed statistics.
+
+    Raises:
+        VitdepthError: A split without images.
+    """
+    n = [int(v) for v in state["n"].tolist()]
+    empty = [name for name, c in zip(_SPLITS, n, strict=True) if c == 0]
+    if empty:
+        raise _IsiInputError(
+            f"isi_rec needs images in every split; {', '.join(empty)} has none (images per split: "
+            f"{dict(zip(_SPLITS, n, strict=True))}). Pass split codes 0/1/2 = train/val/test to update()."
+        )
+    alphas = np.asarray(alphas, dtype=np.float64)
+    grid = torch.as_tensor(alphas, dtype=state["gram"].dtype, device=state["gram"].device)
+    mu_x = state["sum_x"][0] / n[0]
+    mu_y = state["sum_y"][0] / n[0]
+    systems = [_centred_system(state, s, mu_x, mu_y) for s in range(3)]
+    raw_sq = torch.diagonal(state["gram"][0])
+    # One test denominator for both models: SST about the test split's own per-(position, dim) means.
+    sst = float((state["sum_y2"][2] - state["sum_y"][2] ** 2 / n[2]).sum())
+
+    models = {
+        "all": ([(u, c, v2.sum()) for u, c, v2 in systems], raw_sq, float(n[0])),
+        "self": ([(*_self_blocks(u, c, num_tokens, num_patches, k_in, k), v2.sum()) for u, c, v2 in systems],
+                 raw_sq.reshape(num_tokens, k_in)[num_tokens - num_patches :].sum(0), float(n[0] * num_patches)),
+    }
+    out = {}
+    for name, (sys_, raw, n_tr) in models.items():
+        (u_tr, c_tr, _), (u_va, c_va, v2_va), (u_te, c_te, v2_te) = sys_
+        path = _ridge_eig(u_tr, c_tr, _inverse_scale(u_tr, raw, n_tr))
+        best = _choose_alpha(_heldout_sse(path, u_va, c_va, v2_va, grid), alphas)
+        sse_test = float(_heldout_sse(path, u_te, c_te, v2_te, grid[best : best + 1])[0])
+        out[f"r2_{name}"] = 1.0 - sse_test / sst if sst > 0 else float("nan")
+        out[f"alpha_{name}"] = float(alphas[best])
+    return {"isi_rec": out["r2_all"] - out["r2_self"], **out}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_int(value: object, name: str, low: int, high: int | None = None, owner: str = "ReconstructionISI") -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (high is not None and value > high):
+        rng = f"[{low}, {high}]" if high is not None else f"[{low}, inf)"
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be an int in the range {rng}. Got {value!r} instead."
+        )
+    return int(value)
+
+
+def _check_input(name: str, x: object, shape: tuple[int, int], layout: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise _IsiInputError(f"{name} must be a torch.Tensor of shape {layout}; got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise _IsiInputError(f"{name} must be a floating-point tensor; got {x.dtype}.")
+    if x.ndim != 3 or tuple(x.shape[1:]) != shape:
+        raise _IsiInputError(f"{name} must have shape {layout} = (B, {shape[0]}, {shape[1]}); got {tuple(x.shape)}.")
+    return x
+
+
+def _check_split(split: object, b: int) -> np.ndarray:
+    arr = split.detach().cpu().numpy() if isinstance(split, Tensor) else np.asarray(split)
+    if arr.shape != (b,) or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise _IsiInputError(
+            f"split must be an integer array of shape ({b},) with codes 0/1/2 = train/val/test; "
+            f"got shape {arr.shape}, dtype {arr.dtype}."
+        )
+    if b and (arr.min() < 0 or arr.max() > 2):
+        raise _IsiInputError(f"split codes must be 0/1/2 = train/val/test; got values in [{arr.min()}, {arr.max()}].")
+    return arr.astype(np.int64, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Stateful shell.
+# --------------------------------------------------------------------------------------------
+
+
+class ReconstructionISI:
+    """Streaming ``isi_rec`` for one layer: per-split sufficient statistics, ridge fits at ``compute``.
+
+    See the module docstring for the exact definition. The object holds only sums (DDP
+    ``all_reduce``-able); projections are fixed by ``seed`` and recorded by :meth:`projection_info`.
+
+    Args:
+        dim: Token width d (layer tokens and pre-PE patch embeddings).
+        num_tokens: Tokens per image T at the layer, prefix tokens first, then the P patches.
+        num_patches: Patches per image P (the pre-PE embeddings' count).
+        k: Target projection width (per patch).
+        k_in: Input projection width (per token); default ``min(32, 2048 // T, d)``.
+        seed: Seed of the projections (non-negative int).
+        alphas: Ridge penalties to try (scikit-learn units); default :data:`DEFAULT_ALPHAS`.
+        dtype: Projection and accumulation dtype. float64 (the default) is the supported choice;
+            float32 only where the device has no float64 (MPS), at the cost of most digits of R2.
+
+    Examples:
+        >>> import torch
+        >>> from vitdepth.metrics.isi_rec import ReconstructionISI
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pre = torch.randn(300, 4, 16, generator=g)
+        >>> tokens = torch.cat([torch.randn(300, 1, 16, generator=g), 2 * pre], dim=1)  # CLS + unmixed patches
+        >>> isi = ReconstructionISI(16, num_tokens=5, num_patches=4, k=4, k_in=16)
+        >>> isi.update(tokens, pre, torch.arange(300) % 3)
+        >>> out = isi.compute()
+        >>> round(out["r2_self"], 3), abs(out["isi_rec"]) < 1e-3
+        (1.0, True)
+    """
+
+    def __init__(self, dim: int, num_tokens: int, num_patches: int, k: int = 8, k_in: int | None = None,
+                 seed: int = 0, alphas=None, dtype: torch.dtype = torch.float64):
+        self.dim = _check_int(dim, "dim", 1)
+        self.num_tokens = _check_int(num_tokens, "num_tokens", 1)
+        self.num_patches = _check_int(num_patches, "num_patches", 1, self.num_tokens)
+        self.k = _check_int(k, "k", 1, self.dim)
+        self.k_in = default_k_in(self.num_tokens, self.dim) if k_in is None else _check_int(k_in, "k_in", 1, self.dim)
+        self.seed = _check_int(seed, "seed", 0)
+        self.alphas = _check_alphas(DEFAULT_ALPHAS if alphas is None else alphas, "ReconstructionISI")
+        if dtype not in (torch.float64, torch.float32):
+            raise InvalidParameterError(
+                "The 'dtype' parameter of ReconstructionISI must be torch.float64 or torch.float32. "
+                f"Got {dtype!r} instead."
+            )
+        self.dtype = dtype
+        self.r_in, self.r_out = draw_projections(self.dim, self.k_in, self.k, self.seed)
+        self._sha256 = _projection_sha256(self.r_in, self.r_out)
+        self._proj: tuple[Tensor, Tensor] | None = None  # projections on the state's device
+        self._state: dict[str, Tensor] | None = None  # allocated on the first update's device
+
+    @property
+    def input_width(self) -> int:
+        """All-to-all input width ``T k_in``."""
+        return self.num_tokens * self.k_in
+
+    @property
+    def output_width(self) -> int:
+        """All-to-all output width ``P k``."""
+        return self.num_patches * self.k
+
+    def projection_info(self) -> dict:
+        """What run.json records to repeat the fits: seed, widths, shapes, alphas, sha256 of the projections."""
+        return {
+            "seed": self.seed,
+            "k": self.k,
+            "k_in": self.k_in,
+            "dim": self.dim,
+            "num_tokens": self.num_tokens,
+            "num_patches": self.num_patches,
+            "r_in_shape": list(self.r_in.shape),
+            "r_out_shape": list(self.r_out.shape),
+            "method": "QR of numpy default_rng([seed, 0]) / ([seed, 1]) Gaussians, signs fixed by diag(R)",
+            "alphas": [float(a) for a in self.alphas],
+            "sha256": self._sha256,
+        }
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _ensure_state(self, device: torch.device) -> dict[str, Tensor]:
+        if self._state is None:
+            if device.type == "mps" and self.dtype == torch.float64:
+                raise _IsiInputError(
+                    "ReconstructionISI accumulates in float64, which MPS lacks; pass tokens on the CPU "
+                    "or construct it with dtype=torch.float32."
+                )
+            self._state = _isi_rec_empty(self.input_width, self.output_width, device, self.dtype)
+        elif self._state["gram"].device != device:
+            raise _IsiInputError(
+                f"ReconstructionISI state is on {self._state['gram'].device} but the tokens are on {device}; "
+                f"call .to({str(device)!r}) first or pass tokens on {self._state['gram'].device}."
+            )
+        # A state made inside torch.inference_mode cannot be updated in place outside it.
+        if not torch.is_inference_mode_enabled() and self._state["gram"].is_inference():
+            self._state = {key: v.clone() for key, v in self._state.items()}
+        if self._proj is None or self._proj[0].device != device:
+            self._proj = (torch.as_tensor(self.r_in, dtype=self.dtype, device=device),
+                          torch.as_tensor(self.r_out, dtype=self.dtype, device=device))
+        return self._state
+
+    def to(self, device: torch.device | str) -> ReconstructionISI:
+        """Move the state (if any) to ``device``; returns self."""
+        if self._state is not None:
+            self._state = {key: v.to(device) for key, v in self._state.items()}
+        self._proj = None
+        return self
+
+    def reset(self) -> None:
+        """Forget every image seen."""
+        self._state = None
+
+    def _current_state(self) -> dict[str, Tensor]:
+        return self._state if self._state is not None else _isi_rec_empty(
+            self.input_width, self.output_width, "cpu", self.dtype)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The sums, one tensor per statistic with a leading split axis of 3 (zeros before any update)."""
+        return dict(self._current_state())
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore from :meth:`state_dict` (e.g. after an ``all_reduce`` of every tensor)."""
+        ref = _isi_rec_empty(self.input_width, self.output_width, "meta", self.dtype)
+        if not isinstance(state, dict) or set(state) != set(ref):
+            raise _IsiInputError(f"ReconstructionISI state must have keys {sorted(ref)}; got {sorted(state)}.")
+        for key, r in ref.items():
+            if tuple(state[key].shape) != tuple(r.shape):
+                raise _IsiInputError(
+                    f"ReconstructionISI state {key!r} must have shape {tuple(r.shape)} for T={self.num_tokens}, "
+                    f"P={self.num_patches}, k_in={self.k_in}, k={self.k}; got {tuple(state[key].shape)}."
+                )
+        state = {key: torch.as_tensor(state[key]) for key in ref}
+        device = state["gram"].device
+        self._state = {key: state[key].to(device=device, dtype=r.dtype).clone() for key, r in ref.items()}
+        self._proj = None
+
+    def merge(self, other: ReconstructionISI) -> ReconstructionISI:
+        """Add ``other``'s images to this one (disjoint shards of the same run); returns self."""
+        if not isinstance(other, ReconstructionISI):
+            raise _IsiInputError(f"can only merge another ReconstructionISI; got {type(other).__name__}.")
+        mine, theirs = self.projection_info(), other.projection_info()
+        if mine != theirs:
+            diff = sorted(key for key in mine if mine[key] != theirs[key])
+            raise _IsiInputError(f"cannot merge ReconstructionISI states that differ in {diff}; use the same "
+                                 f"dim, token counts, k, k_in, seed and alphas.")
+        if other._state is not None:
+            self._state = (dict(other._state) if self._state is None
+                           else _isi_rec_merge(self._state, other._state))
+        return self
+
+    # -- streaming and result ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self, tokens: Tensor, pre_patches: Tensor, split) -> None:
+        """Add one batch.
+
+        Args:
+            tokens: Layer tokens (B, T, d), prefix tokens first; any float dtype and device.
+            pre_patches: Pre-position-embedding patch embeddings (B, P, d), same device.
+            split: Split code per image (B,), 0/1/2 = train/val/test (numpy array or tensor;
+                read on the host, so keep it on the CPU to avoid a device sync).
+        """
+        tokens = _check_input("tokens", tokens, (self.num_tokens, self.dim), "(B, T, d)")
+        pre_patches = _check_input("pre_patches", pre_patches, (self.num_patches, self.dim), "(B, P, d)")
+        if pre_patches.shape[0] != tokens.shape[0] or pre_patches.device != tokens.device:
+            raise _IsiInputError(
+                f"tokens {tuple(tokens.shape)} on {tokens.device} and pre_patches {tuple(pre_patches.shape)} on "
+                f"{pre_patches.device} must hold the same images on the same device."
+            )
+        codes = _check_split(split, tokens.shape[0])
+        if codes.size == 0:
+            return
+        state = self._ensure_state(tokens.device)
+        _isi_rec_accumulate_(state, _isi_rec_update(tokens, pre_patches, codes, *self._proj))
+
+    def compute(self) -> dict[str, float]:
+        """``isi_rec``, ``r2_self``, ``r2_all``, ``alpha_self``, ``alpha_all`` (see the module docstring)."""
+        with torch.no_grad():
+            return _isi_rec_compute(self._current_state(), self.num_tokens, self.num_patches, self.k_in, self.k,
+                                    self.alphas)
+
+    def __repr__(self) -> str:
+        return (f"ReconstructionISI(dim={self.dim}, num_tokens={self.num_tokens}, num_patches={self.num_patches}, "
+                f"k={self.k}, k_in={self.k_in}, seed={self.seed})")
+
+
+def isi_reconstruction(tokens: Tensor, pre_patches: Tensor, split, *, k: int = 8, k_in: int | None = None,
+                       seed: int = 0, alphas=None) -> dict[str, float]:
+    """One-shot :class:`ReconstructionISI` on tensors already in memory (same definition and defaults).
+
+    Args:
+        tokens: Layer tokens (N, T, d), prefix tokens first.
+        pre_patches: Pre-position-embedding patch embeddings (N, P, d).
+        split: Split code per image (N,), 0/1/2 = train/val/test.
+        k, k_in, seed, alphas: As for :class:`ReconstructionISI`.
+    """
+    for name, x in (("tokens", tokens), ("pre_patches", pre_patches)):
+        if not isinstance(x, Tensor) or x.ndim != 3:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise _IsiInputError(f"{name} must be a 3-D torch.Tensor (images, tokens, d); got {got}.")
+    isi = ReconstructionISI(tokens.shape[2], tokens.shape[1], pre_patches.shape[1], k=k, k_in=k_in, seed=seed,
+                            alphas=alphas)
+    isi.update(tokens, pre_patches, split)
+    return isi.compute()
