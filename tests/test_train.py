@@ -127,7 +127,7 @@ def test_monitor_equals_analyze_on_the_same_batch(tmp_path):
     monitor = ISIMonitor(tm.model, images, every=1, log=None)
     values = monitor(0, 1.0)
     run = analyze(AnalyzeConfig(model=f"file:{res['B']}", data="digits", samples=60, out=str(tmp_path / "an"),
-                                quiet=True, figures=False, batch_size=17))
+                                quiet=True, figures=False, batch_size=17, metrics="core"))
     rows = {(r["metric"], r["layer"]): float(r["value"]) for r in csv.DictReader(open(run / "layers.csv"))}
     compared = 0
     for metric, per_layer in values.items():

@@ -36,7 +36,8 @@ def _model_summary(res: RunResults, phases: dict) -> dict:
     sat = phases.get("saturation", {}).get("mean") or next(iter(phases.get("saturation", {}).values()), {})
     onset = phases.get("tradeoff_onset", {})
     best = max((r["value"] for r in res.curve("probe_acc", "mean")), default=float("nan"))
-    return {"name": res.model, "run_dir": str(res.path), "depth": depth, "data_hash": res.run["data"].get("content_hash"),
+    return {"name": res.model, "run_dir": str(res.path), "depth": depth,
+            "data_hash": res.run["data"].get("content_hash"),
             "saturation_layer": sat.get("layer"), "useful_depth": phases.get("useful_depth"),
             "tradeoff_onset_layer": onset.get("layer"), "tradeoff_onset_depth": onset.get("relative_depth"),
             "isi_rise_after": onset.get("isi_rise_after"), "best_probe": best,
@@ -46,7 +47,8 @@ def _model_summary(res: RunResults, phases: dict) -> dict:
                            "r2": f["r2"]} for k, f in phases.get("fits", {}).items()}}
 
 
-def _shift(a: dict, b: dict, what: str, la: str | None, lb: str | None, da: float | None, db: float | None) -> dict | None:
+def _shift(a: dict, b: dict, what: str, la: str | None, lb: str | None, da: float | None,
+           db: float | None) -> dict | None:
     if la is None or lb is None:
         return None
     dl = _layer_num(lb) - _layer_num(la)
@@ -98,11 +100,11 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
                    b["useful_depth"]),
         ]
         for key in sorted(set(a["phases"]) & set(b["phases"])):
+            pa, pb = a["phases"][key], b["phases"][key]
             for j, label in enumerate(("first", "second")):
-                candidates.append(_shift(a, b, f"{label} {key} phase boundary", a["phases"][key]["breakpoints_layer"][j],
-                                         b["phases"][key]["breakpoints_layer"][j],
-                                         a["phases"][key]["breakpoints_depth"][j],
-                                         b["phases"][key]["breakpoints_depth"][j]))
+                candidates.append(_shift(a, b, f"{label} {key} phase boundary", pa["breakpoints_layer"][j],
+                                         pb["breakpoints_layer"][j], pa["breakpoints_depth"][j],
+                                         pb["breakpoints_depth"][j]))
         shifts += [c for c in candidates if c is not None]
     recommendations = [f"{m['name']}: {rec}" for m in models for rec in m["recommendations"]]
     result = {"models": models, "shifts": shifts, "recommendations": recommendations,
@@ -134,8 +136,9 @@ def compare_summary(out: str | Path) -> str:
     lines = []
     for m in result["models"]:
         fit = m["phases"].get("probe_acc/mean") or m["phases"].get("token_sim") or {}
+        useful = "—" if m["useful_depth"] is None else f"{m['useful_depth']:.2f}"
         lines.append(f"{m['name']:>8}: depth {m['depth']:>2}  best mean probe {m['best_probe']:.3f}  saturation layer "
-                     f"{m['saturation_layer']}  useful depth {m['useful_depth'] if m['useful_depth'] is None else round(m['useful_depth'], 2)}"
-                     f"  onset {m['tradeoff_onset_layer']}  probe shape {fit.get('label', '—')}")
+                     f"{m['saturation_layer']}  useful depth {useful}  onset {m['tradeoff_onset_layer']}  "
+                     f"probe shape {fit.get('label', '—')}")
     lines += [s["sentence"] for s in result["shifts"] if s["what"] in ("trade-off onset", "probe saturation")]
     return "\n".join(lines)

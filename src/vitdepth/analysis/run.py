@@ -45,9 +45,9 @@ from ..results import layer_depth, layer_order, write_layers
 from ..summaries import build_phases
 from .cache import FeatureCache
 from .layer_metrics import ATTENTION_IDS, PER_IMAGE_IDS, per_image_values, pooled_features
+from .progress import Progress
 
 ISI_REC_IDS = frozenset({"isi_rec", "r2_self", "r2_all"})
-from .progress import Progress
 
 
 @dataclass
