@@ -81,6 +81,7 @@ def load_hf(target: str, *, checkpoint: str | None, random_init: bool, seed: int
                             "directory saved with save_pretrained (nothing is downloaded)")
     if checkpoint:
         raise VitdepthError("--checkpoint is not used with hf: models; the weights come from the directory")
+    transformers.utils.logging.disable_progress_bar()  # keep the CLI's output to its own lines
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(config, "model_type", "") == "clip":  # a full CLIP: analyze its vision tower
         config = config.vision_config
