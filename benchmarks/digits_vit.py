@@ -1,7 +1,8 @@
 """Train the small Hugging Face ViT that benchmark (b) analyzes: seeded, on scikit-learn's digits.
 
-The model is a ``ViTForImageClassification`` (image 32 px, patch 4 → 64 patches + [CLS], hidden 128,
-8 layers, 4 heads, MLP 512), trained on the *train* split of vitdepth's own stratified 70/10/20 split
+The model is a ``ViTForImageClassification`` (image 32 px, patch 4 → 64 patches + [CLS], hidden 64,
+6 layers, 4 heads, MLP 256), trained for 20 epochs (AdamW, one-cycle lr 3e-4, batch 16; about a minute on
+2 cores, ~94% test accuracy of its own head) on the *train* split of vitdepth's own stratified 70/10/20 split
 (seed 0), so the test images that both pipelines score probes on were never seen in training. The
 digits (8×8) are upsampled to 32 px with the same eval transform ``vitdepth analyze hf:DIR --data digits``
 uses, and the directory gets a ``preprocessor_config.json`` (size, mean, std, bicubic) so that vitdepth and
@@ -9,7 +10,7 @@ uses, and the directory gets a ``preprocessor_config.json`` (size, mean, std, bi
 
 Usage (normally called by ``bench_analyze.py --part b``)::
 
-    .venv/bin/python benchmarks/digits_vit.py OUT_DIR [--epochs 15]
+    .venv/bin/python benchmarks/digits_vit.py OUT_DIR [--epochs 20]
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import torch
 IMAGE_SIZE = 32
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
-ARCH = {"image_size": IMAGE_SIZE, "patch_size": 4, "num_channels": 3, "hidden_size": 128, "num_hidden_layers": 8,
-        "num_attention_heads": 4, "intermediate_size": 512, "hidden_dropout_prob": 0.0,
+ARCH = {"image_size": IMAGE_SIZE, "patch_size": 4, "num_channels": 3, "hidden_size": 64, "num_hidden_layers": 6,
+        "num_attention_heads": 4, "intermediate_size": 256, "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0, "num_labels": 10}
 SEED = 0
 FRACTIONS = (0.7, 0.1, 0.2)
@@ -44,7 +45,7 @@ def digits_tensors() -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     return x, labels, stratified_splits(labels, FRACTIONS, seed=SEED)
 
 
-def train(out: Path, epochs: int = 15, batch_size: int = 64, lr: float = 1e-3) -> dict:
+def train(out: Path, epochs: int = 20, batch_size: int = 16, lr: float = 3e-4) -> dict:
     """Train, save with ``save_pretrained`` plus ``preprocessor_config.json``, return a summary."""
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -57,7 +58,7 @@ def train(out: Path, epochs: int = 15, batch_size: int = 64, lr: float = 1e-3) -
     model = ViTForImageClassification(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * ((len(tr) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(SEED)
     t0 = time.perf_counter()
     for _ in range(epochs):
@@ -65,10 +66,7 @@ def train(out: Path, epochs: int = 15, batch_size: int = 64, lr: float = 1e-3) -
         perm = tr[torch.randperm(len(tr), generator=gen)]
         for i in range(0, len(perm), batch_size):
             b = perm[i:i + batch_size]
-            # light augmentation: random shifts of up to 2 px (torch.roll), so the tiny ViT does not just memorise
-            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-            xb = torch.roll(x[b], shifts=(dy, dx), dims=(2, 3))
-            loss = torch.nn.functional.cross_entropy(model(pixel_values=xb).logits, y[b])
+            loss = torch.nn.functional.cross_entropy(model(pixel_values=x[b]).logits, y[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -92,7 +90,7 @@ def train(out: Path, epochs: int = 15, batch_size: int = 64, lr: float = 1e-3) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=20)
     args = ap.parse_args()
     print(json.dumps(train(args.out, epochs=args.epochs), indent=2))
 

@@ -70,7 +70,6 @@ def test_metrics_all_on_hf_vit_and_folder_writes_every_documented_id(hf_dirs, tm
 
 def test_model_without_cls_reports_cls_metrics_not_applicable(tmp_path):
     from conftest import tiny_timm_vit
-
     from vitdepth.models.checkpoint import save_checkpoint
 
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10, class_token=False,
