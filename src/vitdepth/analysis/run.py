@@ -354,9 +354,10 @@ def _truncation(tm, rows, device, cfg) -> dict | None:
             tm.output(one)
         with FlopCounterMode(display=False) as cut:
             tm.output_until(one, blocks)
-        batch = one.expand(min(cfg.batch_size, 32), -1, -1, -1).contiguous()
+        # a small batch and few repeats: the estimate should cost seconds, not a second pass over the data
+        batch = one.expand(min(cfg.batch_size, 8), -1, -1, -1).contiguous()
 
-        def median_time(fn, repeats=5):
+        def median_time(fn, repeats=3):
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
