@@ -600,95 +600,124 @@ def part_b(args, work: Path, results: dict) -> None:
         print(f"\n== (b) training the digits ViT ({epochs} epochs) into {model_dir} (not timed)")
         run_child([PY, str(HERE / "digits_vit.py"), str(model_dir), "--epochs", str(epochs)], work / "b_train.log")
     training = json.loads(summary_file.read_text())
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
     print(f"\n== (b) vitdepth analyze vs naive pipeline, whole processes, digits (1,797 images), "
-          f"{repeats} alternating repeats; model: {training['arch']}, head test acc "
+          f"{repeats} rotating cycles; model: {training['arch']}, head test acc "
           f"{training['head_test_accuracy']:.3f}")
 
     floor_code = ("import torch, transformers; from transformers import ViTForImageClassification; "
                   f"ViTForImageClassification.from_pretrained({str(model_dir)!r})")
-    analyze_cmd = [PY, "-m", "vitdepth", "analyze", f"hf:{model_dir}", "--data", "digits", "--out",
-                   str(work / "b_analyze"), "--overwrite", "--quiet", "--batch-size", str(BATCH)]
     naive_json = work / "b_naive.json"
     naive_cmd = [PY, str(HERE / "naive_pipeline.py"), str(model_dir), "--out", str(naive_json),
                  "--batch-size", str(BATCH)]
+    configs = analyze_configs()
+
+    def analyze_cmd(cfg_name):
+        out = work / f"b_analyze_{cfg_name.replace(' ', '_').replace('-', '')}"
+        return out, [PY, "-m", "vitdepth", "analyze", f"hf:{model_dir}", "--data", "digits", "--out", str(out),
+                     "--overwrite", "--quiet", "--batch-size", str(BATCH), *configs[cfg_name]]
 
     floor = run_child([PY, "-c", floor_code], work / "b_floor.log")
     print(f"  floor (python + torch + transformers + load model): {floor['wall_s']:.1f} s, "
           f"{floor['maxrss_mib']:.0f} MiB")
-    naive, ana, naive_out, ana_run = [], [], [], []
+    names = ["naive", *configs]
+    procs: dict[str, list[dict]] = {k: [] for k in names}
+    naive_out, ana_run = [], {k: [] for k in configs}
     for r in range(repeats):
-        for which in (("naive", "analyze") if r % 2 == 0 else ("analyze", "naive")):
+        k = r % len(names)
+        for which in names[k:] + names[:k]:
             if which == "naive":
-                naive.append(run_child(naive_cmd, work / f"b_naive_{r}.log"))
+                res = run_child(naive_cmd, work / f"b_naive_{r}.log")
                 naive_out.append(json.loads(naive_json.read_text()))
-                print(f"  run {r}: naive    {naive[-1]['wall_s']:6.1f} s {naive[-1]['maxrss_mib']:7.0f} MiB")
             else:
-                ana.append(run_child(analyze_cmd, work / f"b_analyze_{r}.log"))
-                ana_run.append(json.loads((work / "b_analyze" / "run.json").read_text()))
-                print(f"  run {r}: analyze  {ana[-1]['wall_s']:6.1f} s {ana[-1]['maxrss_mib']:7.0f} MiB")
-    speed = median_ratio([x["wall_s"] for x in naive], [x["wall_s"] for x in ana])
-    mem = median_ratio([x["maxrss_mib"] for x in ana], [x["maxrss_mib"] for x in naive])
-    t_naive = statistics.median(x["wall_s"] for x in naive)
-    t_ana = statistics.median(x["wall_s"] for x in ana)
-    m_naive = statistics.median(x["maxrss_mib"] for x in naive)
-    m_ana = statistics.median(x["maxrss_mib"] for x in ana)
+                out_dir, cmd = analyze_cmd(which)
+                res = run_child(cmd, work / f"b_{out_dir.name}_{r}.log")
+                run = json.loads((out_dir / "run.json").read_text())
+                ana_run[which].append({**run["timings"], "out": str(out_dir)})
+            procs[which].append(res)
+            print(f"  cycle {r}: {which:16s} {res['wall_s']:6.1f} s {res['maxrss_mib']:7.0f} MiB")
 
-    # accuracy and a cross-check of token similarity (same definition, two implementations)
     import csv
 
-    with open(work / "b_analyze" / "layers.csv") as f:
-        rows = list(csv.DictReader(f))
-    acc = {(r["token_set"], r["layer"]): float(r["value"]) for r in rows if r["metric"] == "probe_acc"}
-    sim = {r["layer"]: float(r["value"]) for r in rows if r["metric"] == "token_sim"}
     nv = naive_out[-1]
-    best = {}
-    for ts in ("mean", "cls"):
-        a_layer, a_acc = max(((layer, v) for (t, layer), v in acc.items() if t == ts), key=lambda z: z[1])
-        n_i = max(range(len(nv["probe_acc"][ts])), key=lambda i: nv["probe_acc"][ts][i])
-        best[ts] = {"analyze": (a_layer, a_acc), "naive": (nv["layers"][n_i], nv["probe_acc"][ts][n_i])}
-    sim_diff = max(abs(sim[layer] - v) for layer, v in zip(nv["layers"], nv["token_sim"], strict=True))
-    acc_gap = best["mean"]["naive"][1] - best["mean"]["analyze"][1]
-
-    print(table(["quantity", "naive", "vitdepth analyze", "ratio", "target", ""], [
-        ["wall time, whole process (median s)", t_naive, t_ana, speed[0], "naive/analyze ≥ 3", verdict(speed[0] >= 3)],
-        ["peak RSS, whole process (median MiB)", m_naive, m_ana, mem[0], "analyze/naive ≤ 0.25",
-         verdict(mem[0] <= 0.25)],
-        ["wall time above floor (s)", t_naive - floor["wall_s"], t_ana - floor["wall_s"],
-         (t_naive - floor["wall_s"]) / max(t_ana - floor["wall_s"], 1e-9), "(explanatory)", ""],
-        ["peak RSS above floor (MiB)", m_naive - floor["maxrss_mib"], m_ana - floor["maxrss_mib"],
-         (m_ana - floor["maxrss_mib"]) / max(m_naive - floor["maxrss_mib"], 1e-9), "(explanatory)", ""],
-        ["best mean-pool probe acc (layer)", f"{best['mean']['naive'][1]:.4f} ({best['mean']['naive'][0]})",
-         f"{best['mean']['analyze'][1]:.4f} ({best['mean']['analyze'][0]})", f"{-acc_gap * 100:+.1f} pts",
-         "within 3 pts", verdict(acc_gap <= 0.03)],
-        ["best cls probe acc (layer)", f"{best['cls']['naive'][1]:.4f} ({best['cls']['naive'][0]})",
-         f"{best['cls']['analyze'][1]:.4f} ({best['cls']['analyze'][0]})", "", "", ""],
-        ["token_sim, max |difference| over layers", "", "", f"{sim_diff:.1e}", "(cross-check)", ""],
-    ], title=f"(b) naive vs analyze ({repeats} alternating pairs; floor = python + torch + transformers + "
-             f"model load: {floor['wall_s']:.1f} s, {floor['maxrss_mib']:.0f} MiB)"))
+    med = {k: (statistics.median(x["wall_s"] for x in v), statistics.median(x["maxrss_mib"] for x in v))
+           for k, v in procs.items()}
+    rows, summary = [], {}
+    for cfg_name in configs:
+        speed = median_ratio([x["wall_s"] for x in procs["naive"]], [x["wall_s"] for x in procs[cfg_name]])
+        mem = median_ratio([x["maxrss_mib"] for x in procs[cfg_name]], [x["maxrss_mib"] for x in procs["naive"]])
+        with open(Path(ana_run[cfg_name][-1]["out"]) / "layers.csv") as f:
+            lrows = list(csv.DictReader(f))
+        acc = {(r["token_set"], r["layer"]): float(r["value"]) for r in lrows if r["metric"] == "probe_acc"}
+        sim = {r["layer"]: float(r["value"]) for r in lrows if r["metric"] == "token_sim"}
+        best = {}
+        for ts in ("mean", "cls"):
+            a_layer, a_acc = max(((layer, v) for (t, layer), v in acc.items() if t == ts), key=lambda z: z[1])
+            n_i = max(range(len(nv["probe_acc"][ts])), key=lambda i: nv["probe_acc"][ts][i])
+            best[ts] = {"analyze": (a_layer, a_acc), "naive": (nv["layers"][n_i], nv["probe_acc"][ts][n_i])}
+        sim_diff = max(abs(sim[layer] - v) for layer, v in zip(nv["layers"], nv["token_sim"], strict=True))
+        acc_gap = best["mean"]["naive"][1] - best["mean"]["analyze"][1]
+        t_a, m_a = med[cfg_name]
+        t_n, m_n = med["naive"]
+        rows += [
+            [f"{cfg_name}: wall time, whole process (median s)", t_n, t_a, speed[0], "naive/analyze ≥ 3",
+             verdict(speed[0] >= 3)],
+            [f"{cfg_name}: peak RSS, whole process (median MiB)", m_n, m_a, mem[0], "analyze/naive ≤ 0.25",
+             verdict(mem[0] <= 0.25)],
+            [f"{cfg_name}: wall time above floor (s)", t_n - floor["wall_s"], t_a - floor["wall_s"],
+             (t_n - floor["wall_s"]) / max(t_a - floor["wall_s"], 1e-9), "(explanatory)", ""],
+            [f"{cfg_name}: peak RSS above floor (MiB)", m_n - floor["maxrss_mib"], m_a - floor["maxrss_mib"],
+             (m_a - floor["maxrss_mib"]) / max(m_n - floor["maxrss_mib"], 1e-9), "(explanatory)", ""],
+            [f"{cfg_name}: best mean-pool probe acc (layer)",
+             f"{best['mean']['naive'][1]:.4f} ({best['mean']['naive'][0]})",
+             f"{best['mean']['analyze'][1]:.4f} ({best['mean']['analyze'][0]})", f"{-acc_gap * 100:+.1f} pts",
+             "within 3 pts", verdict(acc_gap <= 0.03)],
+            [f"{cfg_name}: best cls probe acc (layer)", f"{best['cls']['naive'][1]:.4f} ({best['cls']['naive'][0]})",
+             f"{best['cls']['analyze'][1]:.4f} ({best['cls']['analyze'][0]})", "", "", ""],
+            [f"{cfg_name}: token_sim, max |difference| over layers", "", "", f"{sim_diff:.1e}", "(cross-check)", ""],
+        ]
+        summary[cfg_name] = {"speedup_median_min_max": speed, "mem_ratio_median_min_max": mem, "best": best,
+                             "token_sim_max_abs_diff": sim_diff, "median_wall_s": t_a, "median_maxrss_mib": m_a,
+                             "targets_met": {"speed": speed[0] >= 3, "memory": mem[0] <= 0.25,
+                                             "accuracy": acc_gap <= 0.03}}
+    print(table(["quantity", "naive", "vitdepth analyze", "ratio", "target", ""], rows,
+                title=f"(b) naive vs analyze ({repeats} rotating cycles; floor = python + torch + transformers + "
+                      f"model load: {floor['wall_s']:.1f} s, {floor['maxrss_mib']:.0f} MiB)"))
     nt = nv["timings"]
-    at = ana_run[-1]["timings"]
-    a_wall = ana[-1]["wall_s"]
-    n_wall = naive[-1]["wall_s"]
-    a_other = at["total_s"] - at["pass_s"] - at["probes_s"] - at.get("figures_s", 0.0)
-    print(table(["step", "naive s", "vitdepth analyze s"], [
-        ["interpreter + imports (analyze: wall − run.json total_s)",
-         n_wall - nt["total_in_process_s"] + nt["imports_s"], a_wall - at["total_s"]],
-        ["load data + model (analyze: + transformers model import, bootstrap CIs, tables)", nt["load_s"], a_other],
-        ["forward (naive: eager, all states kept; analyze: SDPA + taps + metrics + cache)", nt["forward_s"],
-         at["pass_s"]],
-        ["concatenate per layer", nt["concat_s"], "—"],
-        ["probes (naive: LogisticRegression; analyze: ridge from the cache)", nt["probes_s"], at["probes_s"]],
-        ["P×P token similarity + attention entropy (analyze: inside the pass)", nt["similarity_s"], "—"],
-        ["figures", "—", at.get("figures_s", 0.0)],
-        ["whole process (parent's wall clock)", n_wall, a_wall],
-    ], title=f"(b) breakdown of the last run of each (naive held {nv['held_bytes'] / 2**20:.0f} MiB of "
-             f"activations)"))
-    results["b"] = {"training": training, "floor": floor, "naive": naive, "analyze": ana, "repeats": repeats,
-                    "speedup_median_min_max": speed, "mem_ratio_median_min_max": mem, "best": best,
-                    "token_sim_max_abs_diff": sim_diff, "naive_timings": nt, "analyze_timings": at,
-                    "naive_held_bytes": nv["held_bytes"],
-                    "targets_met": {"speed": speed[0] >= 3, "memory": mem[0] <= 0.25, "accuracy": acc_gap <= 0.03}}
+    n_wall = procs["naive"][-1]["wall_s"]
+    brow = [["interpreter + imports (analyze: wall − run.json total_s)",
+             n_wall - nt["total_in_process_s"] + nt["imports_s"]],
+            ["load data + model (analyze: + transformers import, post-pass metrics, CIs, tables)", nt["load_s"]],
+            ["forward (naive: eager, all states kept; analyze: SDPA + taps + metrics)", nt["forward_s"]],
+            ["concatenate per layer", nt["concat_s"]],
+            ["probes (naive: LogisticRegression; analyze: ridge from the cache)", nt["probes_s"]],
+            ["P×P token similarity + attention entropy (analyze: inside the pass)", nt["similarity_s"]],
+            ["figures", "—"],
+            ["whole process (parent's wall clock)", n_wall]]
+    for cfg_name in configs:
+        at, a_wall = ana_run[cfg_name][-1], procs[cfg_name][-1]["wall_s"]
+        a_other = at["total_s"] - at["pass_s"] - at["probes_s"] - at.get("figures_s", 0.0)
+        for row, v in zip(brow, [a_wall - at["total_s"], a_other, at["pass_s"], "—", at["probes_s"], "—",
+                                 at.get("figures_s", 0.0), a_wall], strict=True):
+            row.append(v)
+    print(table(["step (last run of each)", "naive s", *[f"analyze, {c} s" for c in configs]], brow,
+                title=f"(b) breakdown (the naive pipeline held {nv['held_bytes'] / 2**20:.0f} MiB of activations)"))
+    first = next(iter(configs))
+    results["b"] = {"training": training, "floor": floor, "processes": procs, "repeats": repeats,
+                    "summary": summary, "naive_timings": nt, "analyze_timings": ana_run,
+                    "naive_held_bytes": nv["held_bytes"], "targets_met": summary[first]["targets_met"]}
+
+
+def analyze_configs() -> dict[str, list[str]]:
+    """CLI arguments per analyze configuration: the defaults, and ``--metrics core`` where vitdepth has it."""
+    import dataclasses
+
+    from vitdepth.analysis.run import AnalyzeConfig
+
+    configs = {"default metrics": []}
+    if "metrics" in {f.name for f in dataclasses.fields(AnalyzeConfig)}:
+        configs["--metrics core"] = ["--metrics", "core"]
+    return configs
 
 
 # ----------------------------------------------------------------------------------------------- part c
@@ -774,33 +803,52 @@ def part_c(args, work: Path, results: dict) -> None:
         [f"allowance: {n2 - n1} × {layers} layers × {n_metrics} metrics × 8 B", allowance, allowance],
         [f"for scale: one layer of N={n2} × {tokens} × {dim} float32 tokens", token_level, token_level],
     ], title="(c) memory growth with the number of images"))
+    # phases whose own peak grows with N once allocator retention is taken out (fixed mmap threshold): a phase is
+    # flagged when its growth exceeds the largest growth of the phases before it (retained memory carries over)
+    pf1, pf2 = runs["fixed_mmap"][n1][0]["phases"], runs["fixed_mmap"][n2][0]["phases"]
+    growing, carried = [], 0.0
+    common = set(pf1["peak_rss_mib"]) & set(pf2["peak_rss_mib"])
+    for p in sorted(common, key=lambda p: pf2["phase_start_s"].get(p, 1e9)):
+        if p.startswith("other"):  # its samples come from both ends of the run
+            continue
+        g = pf2["peak_rss_mib"][p] - pf1["peak_rss_mib"][p]
+        if g - max(carried, 0.0) > allowance + 10.0:
+            growing.append((p, g))
+        carried = max(carried, g)
     ok = d["delta"] <= allowance
-    if ok:
+    if ok and not growing:
         status = "met"
+    elif ok:
+        status = ("met for the whole-process peak at these sizes, but " + ", ".join(
+            f"'{p}' grows by {g:.0f} MiB" for p, g in growing) + " (below the peak phase here; it becomes the peak "
+            "at larger N)")
     elif d["delta"] <= allowance + d["spread"]:
         status = f"not resolved: the difference is within the run-to-run spread ({d['spread']:.0f} MiB)"
     elif f["delta"] <= allowance + 1.0:
         status = ("MISSED with the default allocator; met with a fixed mmap threshold, so the growth is glibc "
                   "keeping freed tensors in its heap, not data vitdepth holds")
     else:
-        status = "MISSED"
+        status = "MISSED" + ("; growing phases: " + ", ".join(f"'{p}' +{g:.0f} MiB" for p, g in growing)
+                             if growing else "")
     print(f"  target (difference ≤ allowance): {status}")
 
-    ph1, ph2 = runs["default"][n1][0]["phases"], runs["default"][n2][0]["phases"]
-    names = sorted(set(ph1["peak_rss_mib"]) | set(ph2["peak_rss_mib"]),
-                   key=lambda p: ph2["phase_start_s"].get(p, ph1["phase_start_s"].get(p, 1e9)))
     nan = float("nan")
-    rows = [[p, ph1["peak_rss_mib"].get(p, nan), ph2["peak_rss_mib"].get(p, nan),
-             ph2["peak_rss_mib"].get(p, nan) - ph1["peak_rss_mib"].get(p, nan)] for p in names]
-    rows.append(["RSS at the end of main()", ph1["rss_at_end_mib"], ph2["rss_at_end_mib"],
-                 ph2["rss_at_end_mib"] - ph1["rss_at_end_mib"]])
-    print(table(["phase (peak RSS while in it, MiB; default malloc)", f"N={n1}", f"N={n2}", "difference"], rows,
-                title="(c) peak RSS by phase, first run of each size, in order (5 ms sampler in the child)"))
+    for setting, label in (("default", "default malloc"), ("fixed_mmap", "MALLOC_MMAP_THRESHOLD_=1MiB")):
+        ph1, ph2 = runs[setting][n1][0]["phases"], runs[setting][n2][0]["phases"]
+        names = sorted(set(ph1["peak_rss_mib"]) | set(ph2["peak_rss_mib"]),
+                       key=lambda p: ph2["phase_start_s"].get(p, ph1["phase_start_s"].get(p, 1e9)))
+        rows = [[p, ph1["peak_rss_mib"].get(p, nan), ph2["peak_rss_mib"].get(p, nan),
+                 ph2["peak_rss_mib"].get(p, nan) - ph1["peak_rss_mib"].get(p, nan)] for p in names]
+        rows.append(["RSS at the end of main()", ph1["rss_at_end_mib"], ph2["rss_at_end_mib"],
+                     ph2["rss_at_end_mib"] - ph1["rss_at_end_mib"]])
+        print(table([f"phase (peak RSS while in it, MiB; {label})", f"N={n1}", f"N={n2}", "difference"], rows,
+                    title="(c) peak RSS by phase, first run of each size, in order (5 ms sampler in the child)"))
     for out in runs.values():
         for rs in out.values():
             for r in rs:
                 r.pop("model", None)
     results["c"] = {"model": args.c_model, "data": C_DATA, "runs": runs, "summary": summary,
+                    "growing_phases_fixed_mmap": growing,
                     "allowance_mib": allowance, "token_layer_mib": token_level, "target_met": ok, "status": status}
 
 
