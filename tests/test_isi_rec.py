@@ -262,17 +262,17 @@ def test_projections_are_deterministic_orthonormal_and_recorded():
     for r in (a.r_in, a.r_out):
         np.testing.assert_allclose(r.T @ r, np.eye(r.shape[1]), atol=1e-12)
     info = a.projection_info()
-    assert (info["k"], info["k_in"], info["r_in_shape"], info["r_out_shape"]) == (8, 10, [32, 10], [32, 8])
+    assert (info["k"], info["k_in"], info["r_in_shape"], info["r_out_shape"]) == (8, 5, [32, 5], [32, 8])
     assert len(info["sha256"]) == 64 and info["seed"] == 11
     # The targets' projection does not depend on the input width or token count.
     np.testing.assert_array_equal(draw_projections(32, 3, 8, 11)[1], a.r_out)
 
 
 def test_defaults():
-    assert default_k_in(197) == 10 and default_k_in(50) == 32 and default_k_in(5000) == 1
+    assert default_k_in(197) == 5 and default_k_in(17) == 32 and default_k_in(50) == 20 and default_k_in(5000) == 1
     assert default_k_in(5, dim=16) == 16 and ReconstructionISI(16, 5, 4).r_in.shape == (16, 16)
     isi = ReconstructionISI(384, 197, 196)
-    assert (isi.k, isi.k_in, isi.input_width, isi.output_width) == (8, 10, 1970, 1568)
+    assert (isi.k, isi.k_in, isi.input_width, isi.output_width) == (8, 5, 985, 1568)
     np.testing.assert_array_equal(isi.alphas, DEFAULT_ALPHAS)
 
 

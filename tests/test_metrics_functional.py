@@ -13,6 +13,7 @@ from vitdepth.metrics.functional import (
     attention_entropy,
     cls_patch_similarity,
     isi_attention,
+    softmax_and_entropy_,
     token_similarity,
     token_similarity_centered,
 )
@@ -152,6 +153,36 @@ def test_attention_entropy_one_hot_is_zero_and_uniform_is_one():
     assert ((got >= 0) & (got <= 1 + 1e-12)).all()
     # A single key leaves no choice.
     assert attention_entropy(torch.ones(2, 3, 4, 1)).eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_softmax_and_entropy_match_explicit_loops(dtype):
+    g = torch.Generator().manual_seed(3)
+    # large offsets and spreads: the entropy must not cancel when logits are big
+    logits = (torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) * 6.0 + 40.0)
+    logits[0, 0, 0, 3] = -math.inf  # a masked key
+    ref_p = np.zeros(logits.shape)
+    ref_h = np.zeros(logits.shape[:-1])
+    for idx in np.ndindex(*logits.shape[:-1]):
+        row = logits[idx].numpy()
+        e = [math.exp(v - row.max()) for v in row]
+        z = sum(e)
+        ref_p[idx] = [v / z for v in e]
+        ref_h[idx] = -sum(q * math.log(q) for q in ref_p[idx] if q > 0)
+    x = logits.to(dtype)
+    probs, ent = softmax_and_entropy_(x)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert probs.dtype == dtype and ent.shape == logits.shape[:-1]
+    np.testing.assert_allclose(probs.numpy(), ref_p, rtol=0, atol=tol)
+    np.testing.assert_allclose(ent.numpy(), ref_h, rtol=0, atol=tol * 10)
+
+
+def test_softmax_and_entropy_upcast_low_precision_and_leave_input():
+    logits = torch.randn(2, 2, 4, 6).to(torch.bfloat16)
+    before = logits.clone()
+    probs, ent = softmax_and_entropy_(logits)
+    assert probs.dtype == torch.float32 and torch.equal(logits, before)
+    torch.testing.assert_close(probs, logits.float().softmax(-1), atol=1e-6, rtol=0)
 
 
 def test_isi_attention_matches_per_token_loops():

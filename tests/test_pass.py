@@ -43,6 +43,51 @@ def test_partial_states_merged_equal_one_pass():
         assert not np.isnan(merged.values[m][:, 2:]).any()  # every block layer filled
 
 
+def test_chunked_attention_metrics_do_not_depend_on_the_chunk_size(monkeypatch):
+    """The pass computes attention a few images at a time; any chunking gives the whole-batch values."""
+    from vitdepth.analysis import layer_metrics
+    from vitdepth.metrics import functional as F
+    from vitdepth.metrics.attention_graph import attention_graph
+    from vitdepth.models import taps
+
+    tm = wrap_timm(tiny_timm_vit(reg_tokens=2), "test", {})
+    x = torch.randn(7, 3, 32, 32)
+    with torch.no_grad():
+        _, layers = tm.capture(x)
+    orig = taps.QueryKey.row_chunks
+    for t in layers[2:]:
+        whole = {**F.isi_attention(t.x_in, t.x_mid, t.attn),
+                 **attention_graph(t.attn, t.num_prefix, t.grid, True)}
+        for elements in (1, 3 * t.attn[0].numel(), 1 << 30):  # one image, three images (uneven), everything
+            monkeypatch.setattr(taps.QueryKey, "row_chunks", lambda self, e=elements: orig(self, e))
+            got = layer_metrics.per_image_values(t, True)
+            for key, ref in whole.items():
+                torch.testing.assert_close(got[key], ref, atol=1e-6, rtol=0, msg=f"{key}, chunk {elements}")
+
+
+def test_nonfinite_activations_are_flagged_per_layer(tmp_path, tiny16):
+    """A NaN in the weights of block 2 makes layers 2..L non-finite for every image; run.json says so."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan_ckpt"
+    bad.mkdir()
+    for f in tiny16.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    sd = load_file(bad / "model.safetensors")
+    sd["blocks.1.mlp.fc2.bias"][0] = float("nan")
+    save_file(sd, bad / "model.safetensors")
+    out = analyze(AnalyzeConfig(model=f"file:{bad}", data="digits", samples=60, out=str(tmp_path / "run"),
+                                quiet=True, figures=False, metrics="core"))
+    run = json.loads((out / "run.json").read_text())
+    flagged = {w.split(":")[0] for w in run["warnings"] if "NaN/Inf" in w}
+    assert flagged == {"layer 2", "layer 3"}
+    assert all("60 images" in w for w in run["warnings"] if "NaN/Inf" in w)
+    probed = {layer for (metric, ts, layer) in _table(out) if metric == "probe_acc" and ts == "mean"}
+    assert probed == {"pre", "0", "1"}  # layers 2 and 3 have no finite features left: no rows, never zeros
+
+
 def test_feature_cache_round_trip(tmp_path):
     layers = {"mean": ["pre", "0", "1"], "cls": ["0", "1"]}
     cache = FeatureCache.create(tmp_path / "c", layers, n_items=9, dim=4)

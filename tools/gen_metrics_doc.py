@@ -34,7 +34,7 @@ reconstruction form, neural collapse) are statistics of the whole test split and
 
 **Conventions**: per-image metrics are means over every analyzed image (all splits). ISI
 reconstruction form: fixed random orthonormal projections R_in (d → k_in) and R_out (d → k)
-drawn from the run's seed (recorded in run.json), k = 8, k_in = min(32, 2048 // T); ridge with
+drawn from the run's seed (recorded in run.json), k = 8, k_in = min(32, 1024 // T); ridge with
 intercept, λ chosen on the validation split, R² on the test split pooled over all target
 dimensions (1 − ΣSSE/ΣSST, SST about the test means). Neural collapse: on the test split,
 centred by the mean of the class means, Σ_W pooled over samples (1/N), Σ_B over classes (1/C),

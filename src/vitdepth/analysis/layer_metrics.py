@@ -37,15 +37,22 @@ def per_image_values(t: LayerTaps, has_cls: bool, metrics: frozenset[str] | None
     cls = has_cls and t.num_prefix > 0
     if cls and "cls_patch_sim" in want:
         out["cls_patch_sim"] = F.cls_patch_similarity(t.tokens[:, 0], patches)
-    if t.attn is not None:
-        need_isi = any(m in want for m in ISI_ATTN_IDS)
-        need_graph = any(m in want for m in GRAPH_IDS)
-        # one log pass over the attention serves attn_entropy, isi_attn and the consensus
-        rows = F.attention_row_entropy(t.attn) if need_isi or "attn_consensus" in want else None
-        if need_isi:
-            out.update(F.isi_attention(t.x_in, t.x_mid, t.attn, rows))
-        if need_graph:
-            out.update(attention_graph(t.attn, t.num_prefix, t.grid, cls, row_entropy=rows))
+    need_isi = any(m in want for m in ISI_ATTN_IDS)
+    need_graph = any(m in want for m in GRAPH_IDS)
+    if t.qk is not None and (need_isi or need_graph):
+        # A few images at a time: each chunk's scores, probabilities and the metrics reading them stay in
+        # the CPU cache, and the softmax's own exp pass yields the row entropies (no log pass for them).
+        parts: dict[str, list[torch.Tensor]] = {}
+        for rows in t.qk.row_chunks():
+            probs, entropy = F.softmax_and_entropy_(t.qk.scores(rows))
+            chunk: dict[str, torch.Tensor] = {}
+            if need_isi:
+                chunk.update(F.isi_attention(t.x_in[rows], t.x_mid[rows], probs, entropy))
+            if need_graph:
+                chunk.update(attention_graph(probs, t.num_prefix, t.grid, cls, row_entropy=entropy))
+            for k, v in chunk.items():
+                parts.setdefault(k, []).append(v)
+        out.update({k: torch.cat(v) for k, v in parts.items()})
     return {k: v for k, v in out.items() if k in want}
 
 

@@ -116,7 +116,12 @@ def _resolve_device(device: str) -> torch.device:
 
 
 class _Pass:
-    """State of the streaming pass: per-image curves, ISI sufficient statistics, the feature cache, NaN/Inf flags."""
+    """State of the streaming pass: per-image curves, ISI sufficient statistics, the feature cache, NaN/Inf flags.
+
+    Per-layer results stay on the model's device until the batch has run and then cross to the host in one
+    copy per kind (flags, per-image values, pooled features), so a GPU pass does not wait on the host after
+    every layer.
+    """
 
     def __init__(self, tm: TappedModel, n_items: int, cache: FeatureCache, metrics: frozenset[str],
                  splits: np.ndarray, isi_rec: dict | None):
@@ -126,35 +131,55 @@ class _Pass:
         self.cache = cache
         self.splits = splits
         self.isi_rec = isi_rec  # layer -> ReconstructionISI, or None
-        self.nonfinite: dict[str, int] = {}
+        # per image and layer: activations and cached (fp16) pooled features are all finite
+        self.finite = np.ones((n_items, len(tm.layer_names)), dtype=bool)
         self.attention = bool(metrics & ATTENTION_IDS)
+        # the model's own forward time with the sink taken out (host clock; see TappedModel.run)
+        self.forward_s = 0.0
+        self.block_end_s = np.zeros(tm.depth)
         self._rows: np.ndarray | None = None
         self._pre: torch.Tensor | None = None
-        self._feats: dict[str, list] = {}
+        self._bad: list[torch.Tensor] = []
+        self._values: list[tuple[str, int, torch.Tensor]] = []
+        self._feats: dict[str, list[torch.Tensor]] = {}
 
     def sink(self, t):
-        rows = self._rows
-        finite = torch.isfinite(t.tokens)
-        if not finite.all():
-            self.nonfinite[t.layer] = self.nonfinite.get(t.layer, 0) + int((~finite).any(-1).any(-1).sum())
-        for metric, values in per_image_values(t, self.tm.has_cls, self.metrics).items():
-            self.curves.update(metric, t.position, rows, values)
+        # One reduction per image instead of an elementwise mask: a NaN or Inf anywhere makes the image's
+        # float32 sum non-finite (a finite float32 sum of finite activations cannot overflow in practice).
+        # A pooled feature beyond the fp16 range of the cache counts too: the probes could not use it.
+        checks = [t.tokens.sum(dim=(1, 2), dtype=torch.float32)]
         for ts, feats in pooled_features(t, self.tm.has_cls).items():
-            self._feats.setdefault(ts, []).append(feats.to(torch.float16).cpu().numpy())
+            f16 = feats.to(torch.float16)
+            self._feats.setdefault(ts, []).append(f16)
+            checks.append(f16.sum(dim=1, dtype=torch.float32))
+        self._bad.append(~torch.isfinite(torch.stack(checks).sum(dim=0)))
+        for metric, values in per_image_values(t, self.tm.has_cls, self.metrics).items():
+            self._values.append((metric, t.position, values))
         if self.isi_rec is not None:
             if t.layer == "pre":
                 self._pre = t.tokens
             else:
-                self.isi_rec[t.layer].update(t.tokens, self._pre, self.splits[rows])
+                self.isi_rec[t.layer].update(t.tokens, self._pre, self.splits[self._rows])
 
     def batch(self, images: torch.Tensor, rows: np.ndarray, first_row: int, span: int) -> None:
-        self._rows, self._feats = rows, {}
-        self.tm.run(images, self.sink, attention=self.attention)
+        self._rows, self._bad, self._values, self._feats = rows, [], [], {}
+        timings: dict = {}
+        self.tm.run(images, self.sink, attention=self.attention, timings=timings)
         self._pre = None
+        self.forward_s += timings["forward_s"]
+        self.block_end_s += np.asarray(timings["block_end_s"])
+        self.finite[rows] = ~torch.stack(self._bad, dim=1).cpu().numpy()
+        if self._values:
+            values = torch.stack([v.to(torch.float64) for _, _, v in self._values]).cpu().numpy()
+            for (metric, position, _), v in zip(self._values, values, strict=True):
+                self.curves.update(metric, position, rows, v)
         for ts, per_layer in self._feats.items():
-            feats = np.stack(per_layer)  # (n_layers, B, d)
-            block = np.zeros((feats.shape[0], span, feats.shape[2]), dtype=np.float16)
-            block[:, rows - first_row] = feats
+            feats = torch.stack(per_layer).cpu().numpy()  # (n_layers, B, d)
+            if len(rows) == span:
+                block = feats
+            else:  # unreadable images leave zero rows in the cache
+                block = np.zeros((feats.shape[0], span, feats.shape[2]), dtype=np.float16)
+                block[:, rows - first_row] = feats
             self.cache.write(ts, first_row, block)
 
 
@@ -240,25 +265,31 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
 
     t0 = time.perf_counter()
     correct_store = {ts: np.full((n, len(layers)), np.nan) for ts in cache.layers}
-    rows_out, probe_info = _probe_rows(name, tm, cache, labels, splits, loaded, len(source.class_names), metrics,
+    usable = loaded[:, None] & state.finite  # (images, layers): what the probes of each layer may use
+    rows_out, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names), metrics,
                                        correct_store)
     if "probe_acc_logistic" in metrics:
-        rows_out += _logistic_rows(name, tm, cache, labels, splits, loaded, probe_info, cfg.seed)
+        rows_out += _logistic_rows(name, tm, cache, labels, splits, usable, probe_info, cfg.seed)
     t_probe = time.perf_counter() - t0
     rows_out = _per_image_rows(name, tm, state.curves, loaded, cfg) + rows_out
     if isi_rec is not None:
-        rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()))
+        rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()),
+                                  probe_info.setdefault("warnings", []))
     rows_out.sort(key=lambda r: (r["metric"], r["token_set"], -1 if r["layer"] == "pre" else int(r["layer"])))
     write_layers(rows_out, tmp)
     np.savez_compressed(tmp / "per_image.npz", dataset_index=indices[loaded], label=labels[loaded],
                         split=splits[loaded], layers=np.array(layers),
                         **{m: v[loaded] for m, v in state.curves.state_dict().items()},
                         **{f"probe_correct_{ts}": v[loaded] for ts, v in correct_store.items()})
-    truncation = _truncation(tm, rows_out, device, cfg)
+    truncation = _truncation(tm, rows_out, device, cfg, state)
 
     warn = list(tm.sites.warnings) + list(getattr(source, "warnings", []))
-    for layer, count in state.nonfinite.items():
-        warn.append(f"layer {layer}: {count} images have NaN/Inf activations")
+    nonfinite = (~state.finite[loaded]).sum(axis=0)
+    for layer, count in zip(layers, nonfinite, strict=True):
+        if count:
+            warn.append(f"layer {layer}: {count} images have NaN/Inf activations (or pooled features beyond the "
+                        "fp16 range of the cache); the probes of that layer leave them out")
+    warn += probe_info.pop("warnings", [])
     if skipped:
         warn.append(f"{len(skipped)} unreadable images were skipped (listed under data.skipped)")
     not_applicable = []
@@ -336,8 +367,14 @@ def _per_image_rows(name, tm, curves, loaded, cfg) -> list[dict]:
             for j, (metric, pos) in enumerate(keys)]
 
 
-def _truncation(tm, rows, device, cfg) -> dict | None:
-    """FLOPs and measured latency of the model cut after the saturation block of the mean probe, vs the full model."""
+def _truncation(tm, rows, device, cfg, state: _Pass) -> dict | None:
+    """FLOPs and measured latency of the model cut after the saturation block of the mean probe, vs the full model.
+
+    FLOPs: one image through the full and the cut model under ``FlopCounterMode``. Latency on the CPU: the
+    pass itself, whose forward times with the sink taken out give the time to the end of every block and of
+    the whole forward over all analyzed images (no extra forwards). On an asynchronous device (CUDA) host
+    timestamps inside hooks mean nothing, so a few extra synchronised forwards of a small batch are timed.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     curve = sorted((r for r in rows if r["metric"] == "probe_acc" and r["token_set"] == "mean"),
@@ -354,26 +391,34 @@ def _truncation(tm, rows, device, cfg) -> dict | None:
             tm.output(one)
         with FlopCounterMode(display=False) as cut:
             tm.output_until(one, blocks)
-        # a small batch and few repeats: the estimate should cost seconds, not a second pass over the data
-        batch = one.expand(min(cfg.batch_size, 8), -1, -1, -1).contiguous()
+        if device.type == "cpu" and state.forward_s > 0:
+            t_full, t_cut = state.forward_s, float(state.block_end_s[blocks - 1])
+            latency = {"latency_source": "the analysis pass (model forward with the taps' sink time taken out)"}
+        else:
+            batch = one.expand(min(cfg.batch_size, 8), -1, -1, -1).contiguous()
 
-        def median_time(fn, repeats=3):
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
+            def sync():
                 if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            return float(np.median(times))
+                    torch.cuda.synchronize(device)
 
-        tm.output(batch)  # warm-up
-        t_full = median_time(lambda: tm.output(batch))
-        t_cut = median_time(lambda: tm.output_until(batch, blocks))
+            def median_time(fn, repeats=3):
+                times = []
+                for _ in range(repeats):
+                    sync()
+                    t0 = time.perf_counter()
+                    fn()
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                return float(np.median(times))
+
+            tm.output(batch)  # warm-up
+            t_full = median_time(lambda: tm.output(batch))
+            t_cut = median_time(lambda: tm.output_until(batch, blocks))
+            latency = {"latency_source": f"median of 3 synchronised forwards of a batch of {batch.shape[0]}"}
     return {"layer": str(blocks), "blocks_kept": blocks, "depth": tm.depth,
             "flops_full": int(full.get_total_flops()), "flops_cut": int(cut.get_total_flops()),
             "flops_fraction_saved": 1 - cut.get_total_flops() / max(1, full.get_total_flops()),
-            "latency_full_s": t_full, "latency_cut_s": t_cut, "latency_batch": int(batch.shape[0]),
+            "latency_full_s": t_full, "latency_cut_s": t_cut, **latency,
             "latency_fraction_saved": 1 - t_cut / t_full if t_full > 0 else float("nan")}
 
 
@@ -385,17 +430,32 @@ def _split_rows(splits, loaded) -> dict[str, np.ndarray]:
     return rows
 
 
-def _probe_rows(name, tm, cache, labels, splits, loaded, n_classes, metrics, correct_store) -> tuple[list[dict], dict]:
+def _usable_split_rows(splits, usable, position, what, info) -> dict[str, np.ndarray] | None:
+    """Rows of each split usable at one layer; None (and a warning) when a split has none left there."""
+    rows = {s: np.flatnonzero((splits == i) & usable[:, position]) for i, s in enumerate(SPLITS)}
+    if all(len(r) for r in rows.values()):
+        return rows
+    info.setdefault("warnings", []).append(f"{what}: no finite features left in some split "
+                                           f"({', '.join(f'{s} {len(r)}' for s, r in rows.items())}); not computed")
+    return None
+
+
+def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, correct_store) -> tuple[list[dict], dict]:
     """Ridge probes for every layer and token set, and neural collapse on the test split (uses the probe)."""
     rows, info = [], {"kind": "ridge", "standardize": True, "alpha": {}, "val_accuracy": {},
                       "nc_convention": "test split; centred by the mean of the class means; Σ_W pooled over samples "
                                        "(1/N); NC3 and NC4 use the ridge probe"}
-    split_rows = _split_rows(splits, loaded)
+    _split_rows(splits, usable.any(axis=1))
     classes = np.arange(n_classes)
     want_nc = sorted(m for m in metrics if METRICS[m].family == "collapse")
     for ts, layer_names in cache.layers.items():
         for li, layer in enumerate(layer_names):
-            def chunks(split, li=li, ts=ts):
+            position = tm.layer_names.index(layer)
+            split_rows = _usable_split_rows(splits, usable, position, f"probes of {ts}/{layer}", info)
+            if split_rows is None:
+                continue
+
+            def chunks(split, li=li, ts=ts, split_rows=split_rows):
                 r = split_rows[split]
                 return ((x, labels[r[i:i + len(x)]]) for i, x in _enumerate_chunks(cache.read(ts, li, r)))
 
@@ -404,7 +464,6 @@ def _probe_rows(name, tm, cache, labels, splits, loaded, n_classes, metrics, cor
                 probe = fit_ridge_probe(chunks("train"), chunks("val"), classes)
             correct = total = 0
             stats = CollapseStats.empty(n_classes, cache.dim)
-            position = tm.layer_names.index(layer)
             for x, y in chunks("test"):
                 hit = probe.predict(x) == y
                 # per-image correctness: what the phase fit resamples for probe-curve breakpoint CIs
@@ -431,11 +490,14 @@ def _probe_rows(name, tm, cache, labels, splits, loaded, n_classes, metrics, cor
     return rows, info
 
 
-def _logistic_rows(name, tm, cache, labels, splits, loaded, info, seed) -> list[dict]:
+def _logistic_rows(name, tm, cache, labels, splits, usable, info, seed) -> list[dict]:
     """Softmax-regression probes for every layer and token set at once (features of the splits in memory)."""
     from ..metrics.logistic import fit_logistic_probes
 
-    split_rows = _split_rows(splits, loaded)
+    # one stacked problem: every head sees the same images, those usable at every layer
+    split_rows = _usable_split_rows(splits, usable.all(axis=1)[:, None], 0, "logistic probes", info)
+    if split_rows is None:
+        return []
     heads = [(ts, li, layer) for ts, names in cache.layers.items() for li, layer in enumerate(names)]
 
     def stacked(split):
@@ -457,9 +519,12 @@ def _logistic_rows(name, tm, cache, labels, splits, loaded, info, seed) -> list[
     return rows
 
 
-def _isi_rec_rows(name, tm, isi_rec, metrics, n_test) -> list[dict]:
+def _isi_rec_rows(name, tm, isi_rec, metrics, n_test, warn: list[str]) -> list[dict]:
     rows = []
     for layer, stat in isi_rec.items():
+        if not all(bool(torch.isfinite(v).all()) for v in stat.state_dict().values()):
+            warn.append(f"isi_rec of layer {layer}: its statistics hold NaN/Inf activations; not computed")
+            continue
         values = stat.compute()
         for metric in ("isi_rec", "r2_self", "r2_all"):
             if metric in metrics:

@@ -125,17 +125,18 @@ _DETAILS = {
     "token_sim": ("O(P·d) per image via the norm of the summed unit vectors; no P×P matrix", _OURS),
     "token_sim_centered": ("O(P·d) per image", _OURS),
     "cls_patch_sim": ("O(P·d) per image", _OURS),
-    "isi_attn": ("one log pass over the B×H×T×T attention (shared with attn_entropy) plus O(T·d); attention "
-                 "recomputed from the model's q, k", f"{_PAPER}, lightweight attention form (our definition)"),
+    "isi_attn": ("attention recomputed from the model's q, k a few images at a time (its softmax also yields "
+                 "attn_entropy) plus O(T·d)", f"{_PAPER}, lightweight attention form (our definition)"),
     "attn_delta": ("O(T·d) per image", "factor of isi_attn (our definition)"),
-    "attn_entropy": ("one log pass over the B×H×T×T attention", "factor of isi_attn; attention entropy as in "
+    "attn_entropy": ("from the softmax of the recomputed attention, H = log Z − Σ p·(s − max s): no extra pass",
+                     "factor of isi_attn; attention entropy as in "
                      "Zhai et al. 2023 (normalised by log T)"),
     "probe_acc": ("after the pass: one d×d Gram per layer and token set, one eigendecomposition serves every λ",
                   f"linear probing (Alain & Bengio 2016), as in {_PAPER}"),
     "probe_acc_logistic": ("after the pass: one optimiser over all layers × token sets × weight decays, "
                            "features of the train/val/test splits in memory",
                            "linear evaluation as in DINO / MAE linear probing"),
-    "isi_rec": ("per layer and split a (T·k_in)² Gram (≤ 2048²) and a (k_in+1)² Gram, updated by one matmul per "
+    "isi_rec": ("per layer and split a (T·k_in)² Gram (≤ 1024²) and a (k_in+1)² Gram, updated by one matmul per "
                 "batch", f"{_PAPER} (ISI); projections and regressor are our definition"),
     "r2_self": ("part of isi_rec", "part of isi_rec (our definition)"),
     "r2_all": ("part of isi_rec", "part of isi_rec (our definition)"),

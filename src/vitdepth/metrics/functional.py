@@ -43,8 +43,10 @@ from vitdepth._errors import VitdepthError
 
 __all__ = [
     "attention_entropy",
+    "attention_row_entropy",
     "cls_patch_similarity",
     "isi_attention",
+    "softmax_and_entropy_",
     "token_similarity",
     "token_similarity_centered",
 ]
@@ -221,6 +223,40 @@ def attention_row_entropy(attn: Tensor) -> Tensor:
     plogp = attn.to(dtype).clamp_min_(tiny) if attn.dtype != dtype else attn.clamp_min(tiny)
     plogp = plogp.log_().mul_(attn)
     return plogp.sum(dim=-1).neg_()
+
+
+def softmax_and_entropy_(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax over the last dim and the Shannon entropy (nats) of every row, from logits; overwrites ``scores``.
+
+    With ``m = max_s x_s``, ``Z = sum_s exp(x_s - m)`` and ``p_s = exp(x_s - m) / Z``, the log of every
+    probability is ``x_s - m - log Z``, so::
+
+        H = -sum_s p_s log p_s = log Z - sum_s p_s (x_s - m)
+
+    One exp pass serves the probabilities and the entropy, with no log over the B·H·T·S block
+    (the log is the costly part of :func:`attention_row_entropy`). Both terms are of the order of
+    ``log S`` because the row maximum is subtracted first, so large logits cause no cancellation.
+    A ``-inf`` logit (a masked key) gets probability 0 and contributes 0 to the entropy.
+
+    Args:
+        scores: Attention logits (..., S), e.g. (B, H, T, S) = ``q kᵀ · scale``. Overwritten when it
+            is already float32/float64 (bf16/fp16 logits are upcast to a float32 copy first).
+
+    Returns:
+        ``(probs, row_entropy)``: probabilities of the shape of ``scores`` and entropies of shape
+        ``scores.shape[:-1]``, both in the compute dtype (float32, or float64 for float64 logits).
+    """
+    if not isinstance(scores, Tensor) or scores.ndim < 1 or not scores.is_floating_point():
+        raise _MetricInputError(f"scores must be a floating-point torch.Tensor of shape (..., S); got "
+                                f"{tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}.")
+    dtype = _compute_dtype(scores)
+    x = scores if scores.dtype == dtype else scores.to(dtype)
+    shifted = x.sub_(x.amax(dim=-1, keepdim=True)).clamp_min_(torch.finfo(dtype).min)  # -inf -> finite: 0 * x = 0
+    probs = shifted.exp()
+    z = probs.sum(dim=-1, keepdim=True)
+    probs.div_(z)
+    entropy = z.log_().squeeze_(-1).sub_(shifted.mul_(probs).sum(dim=-1))
+    return probs, entropy
 
 
 def attention_entropy(attn: Tensor, row_entropy: Tensor | None = None) -> Tensor:

@@ -56,10 +56,16 @@ eigenbasis the SSE of every alpha costs ``O((T k_in)^2)`` once a split is rotate
 Cost and memory: per batch and split present, one ``(B, T k_in)^T (B, T k_in)`` and one
 ``(B, T k_in)^T (B, P k)`` float64 matmul. The state is ``3 ((T k_in)^2 + T k_in P k)`` float64
 numbers per layer. For ViT-S/16 at 224 px (T = 197, P = 196, d = 384) the defaults give
-``k_in = min(32, 2048 // 197) = 10`` and ``k = 8``: ``T k_in = 1970`` inputs, ``P k = 1568``
-outputs, 31.0 MB per Gram + 24.7 MB per cross-moment, **167 MB per layer** (3 splits) and
-**2.2 GB for layers 0..12**, held on the tokens' device. ``compute`` rotates each held-out split
-into the eigenbasis (about 50 GFLOP per layer at that size: fast on a GPU, seconds on a CPU).
+``k_in = min(32, 1024 // 197) = 5`` and ``k = 8``: ``T k_in = 985`` inputs, ``P k = 1568``
+outputs, 7.8 MB per Gram + 12.4 MB per cross-moment, **61 MB per layer** (3 splits) and
+**0.8 GB for layers 0..12**, held on the tokens' device. ``compute`` costs one eigendecomposition
+and two rotations of a (T k_in)² matrix per layer (about 0.3 s on two CPU cores at that size).
+
+Why the input width is capped at 1024 (design §4 said 2048): the cost of ``compute`` grows as
+the cube of ``T k_in`` and the state as its square, so 2048 made ``isi_rec`` alone cost 8x more
+(1.8 s per layer on a 2-core CPU, 24 s for ViT-S, and 2.2 GB of state), and the all-to-all model
+needs many more train images than inputs to be more than an overfit, which a width of 2048
+asks of few datasets. Pass ``k_in`` (``AnalyzeConfig.isi_k_in``) for a wider projection.
 
 Caveats a reader of the numbers needs:
 
@@ -109,7 +115,7 @@ DEFAULT_ALPHAS = np.logspace(-3, 7, 21)
 _SPLITS = ("train", "val", "test")
 _STATE_KEYS = ("n", "sum_x", "sum_y", "sum_y2", "gram", "cross")
 # Largest all-to-all input width the default k_in allows (the Gram is at most this squared).
-_MAX_INPUT_WIDTH = 2048
+_MAX_INPUT_WIDTH = 1024
 
 
 class _IsiInputError(VitdepthError, ValueError):
@@ -117,7 +123,7 @@ class _IsiInputError(VitdepthError, ValueError):
 
 
 def default_k_in(num_tokens: int, dim: int | None = None) -> int:
-    """``min(32, 2048 // T)``, and at most ``dim``: the all-to-all Gram stays at most 2048 x 2048 (design §4)."""
+    """``min(32, 1024 // T)``, and at most ``dim``: the all-to-all Gram stays at most 1024 x 1024."""
     k_in = max(1, min(32, _MAX_INPUT_WIDTH // int(num_tokens)))
     return k_in if dim is None else min(k_in, int(dim))
 
@@ -181,46 +187,37 @@ def _split_rows(split: np.ndarray) -> dict[int, np.ndarray | None]:
     return {int(s): np.flatnonzero(split == s) for s in present}
 
 
-def _isi_rec_update(tokens: Tensor, pre_patches: Tensor, split: np.ndarray, r_in: Tensor,
-                    r_out: Tensor) -> dict[int, dict[str, Tensor]]:
-    """Statistics of one batch, for the splits present only.
+def _isi_rec_update_(state: dict[str, Tensor], tokens: Tensor, pre_patches: Tensor, split: np.ndarray,
+                     r_in: Tensor, r_out: Tensor) -> None:
+    """Add one batch's statistics into ``state`` in place, for the splits present only.
+
+    The Gram and cross-moment go straight into the accumulators with ``addmm_``: a batch's (D, D) product
+    is never materialised, so each batch reads and writes the large accumulators once (they, not the
+    arithmetic, bound the cost for the few dozen rows of a batch).
 
     Args:
+        state: Statistics of :func:`_isi_rec_empty`, on r_in's device and dtype.
         tokens: Layer tokens (B, T, d), prefix tokens first (any float dtype).
         pre_patches: Pre-position-embedding patch embeddings (B, P, d).
         split: Split codes (B,) in {0, 1, 2}, a host (numpy) array.
         r_in: (d, k_in) projection on the accumulation device and dtype.
         r_out: (d, k) projection, same device and dtype.
-
-    Returns:
-        ``{split_code: {"n", "sum_x", "sum_y", "sum_y2", "gram", "cross"}}`` for each code present.
     """
     b = tokens.shape[0]
     x = (tokens.to(device=r_in.device, dtype=r_in.dtype) @ r_in).reshape(b, -1)  # (B, T k_in), token-major
     y = (pre_patches.to(device=r_out.device, dtype=r_out.dtype) @ r_out).reshape(b, -1)  # (B, P k)
-    out = {}
     for s, rows in _split_rows(split).items():
         if rows is not None:
             idx = torch.from_numpy(rows).to(x.device)
             xs, ys = x.index_select(0, idx), y.index_select(0, idx)
         else:
             xs, ys = x, y
-        out[s] = {
-            "n": torch.tensor(xs.shape[0], dtype=torch.int64, device=x.device),
-            "sum_x": xs.sum(0),
-            "sum_y": ys.sum(0),
-            "sum_y2": (ys * ys).sum(0),
-            "gram": xs.T @ xs,
-            "cross": xs.T @ ys,
-        }
-    return out
-
-
-def _isi_rec_accumulate_(state: dict[str, Tensor], batch: dict[int, dict[str, Tensor]]) -> None:
-    """Add a batch's per-split statistics into ``state`` in place (no (3, D, D) temporary per batch)."""
-    for s, stats in batch.items():
-        for key in _STATE_KEYS:
-            state[key][s] += stats[key]
+        state["n"][s] += xs.shape[0]
+        state["sum_x"][s] += xs.sum(0)
+        state["sum_y"][s] += ys.sum(0)
+        state["sum_y2"][s] += (ys * ys).sum(0)
+        state["gram"][s].addmm_(xs.T, xs)
+        state["cross"][s].addmm_(xs.T, ys)
 
 
 def _isi_rec_merge(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -409,7 +406,7 @@ class ReconstructionISI:
         num_tokens: Tokens per image T at the layer, prefix tokens first, then the P patches.
         num_patches: Patches per image P (the pre-PE embeddings' count).
         k: Target projection width (per patch).
-        k_in: Input projection width (per token); default ``min(32, 2048 // T, d)``.
+        k_in: Input projection width (per token); default ``min(32, 1024 // T, d)``.
         seed: Seed of the projections (non-negative int).
         alphas: Ridge penalties to try (scikit-learn units); default :data:`DEFAULT_ALPHAS`.
         dtype: Projection and accumulation dtype. float64 (the default) is the supported choice;
@@ -569,7 +566,7 @@ class ReconstructionISI:
         if codes.size == 0:
             return
         state = self._ensure_state(tokens.device)
-        _isi_rec_accumulate_(state, _isi_rec_update(tokens, pre_patches, codes, *self._proj))
+        _isi_rec_update_(state, tokens, pre_patches, codes, *self._proj)
 
     def compute(self) -> dict[str, float]:
         """``isi_rec``, ``r2_self``, ``r2_all``, ``alpha_self``, ``alpha_all`` (see the module docstring)."""

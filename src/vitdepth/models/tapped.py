@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,14 +81,44 @@ class TappedModel:
         """The model's own output, no taps attached."""
         return self.forward_fn(self.model, images)
 
-    def run(self, images: torch.Tensor, sink: Callable[[LayerTaps], None], attention: bool = True) -> torch.Tensor:
+    def run(self, images: torch.Tensor, sink: Callable[[LayerTaps], None], attention: bool = True,
+            timings: dict | None = None) -> torch.Tensor:
         """One forward with taps; ``sink`` gets each layer as soon as it has run.
+
+        Args:
+            images: input batch.
+            sink: called with each layer's :class:`LayerTaps`, in order.
+            attention: capture queries and keys (``LayerTaps.qk``).
+            timings: if given, filled with the forward's own wall time, the sink's time taken out:
+                ``forward_s`` (whole forward) and ``block_end_s`` (time from the start to the end of
+                each block, one per block). Host clock: meaningful where the device runs synchronously (CPU).
 
         Returns:
             the model's output, identical to :meth:`output` (hooks never modify values).
         """
-        with tap(self.sites, sink, attention=attention) as state:
+        if timings is None:
+            run_sink = sink
+        else:
+            # The sink of a block runs in that block's forward hook, right after the block's own compute, so
+            # its entry time (less the time spent in earlier sinks) is when the model alone would have got there.
+            block_end: list[float] = []
+            clock = {"excluded": 0.0}
+
+            def run_sink(t: LayerTaps) -> None:
+                entered = time.perf_counter()
+                if t.is_block:
+                    block_end.append(entered - clock["excluded"] - start)
+                try:
+                    sink(t)
+                finally:
+                    clock["excluded"] += time.perf_counter() - entered
+
+            start = time.perf_counter()
+        with tap(self.sites, run_sink, attention=attention) as state:
             out = self.forward_fn(self.model, images)
+        if timings is not None:
+            timings["forward_s"] = time.perf_counter() - start - clock["excluded"]
+            timings["block_end_s"] = block_end
         if state["blocks_seen"] != self.depth:
             raise VitdepthError(f"only {state['blocks_seen']} of {self.depth} blocks fired during the forward of "
                                 f"{self.spec}; the model skips blocks the adapter found (early exit?)")
