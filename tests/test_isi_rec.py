@@ -113,6 +113,26 @@ def test_r2_and_alphas_equal_sklearn_ridge_on_explicit_features(const_prefix):
         assert out[f"alpha_{name}"] == GRID[int(np.argmin(sse))], name
 
 
+def test_few_train_images_kernel_path_equals_gram_path_and_sklearn():
+    """With fewer train images than inputs (T k_in) the fit runs through the n x n train kernel: same answer."""
+    tokens, pre, split = _block(n=112, mix=0.6, noise=0.8, seed=6)
+    isi = _fit(tokens, pre, split, batches=[30, 50, 32], k=3, k_in=12, seed=2, alphas=GRID)
+    assert isi.input_width == 60 and 0 < int((split == 0).sum()) <= 60 and isi._held[0][0]  # kernel path
+    rows = isi.compute()
+    as_sums = ReconstructionISI(12, 5, 4, k=3, k_in=12, seed=2, alphas=GRID)
+    as_sums.load_state_dict(isi.state_dict())  # sums only: the Gram path
+    assert not as_sums._held
+    sums = as_sums.compute()
+    for key in ("isi_rec", "r2_self", "r2_all"):
+        assert rows[key] == pytest.approx(sums[key], abs=1e-8), key
+    assert (rows["alpha_all"], rows["alpha_self"]) == (sums["alpha_all"], sums["alpha_self"])
+    x_all, y_all, _, _ = _explicit(tokens, pre, isi)
+    pred, y = _ref_all(x_all, y_all, split, rows["alpha_all"])
+    assert rows["r2_all"] == pytest.approx(r2_score(y, pred, multioutput="variance_weighted"), abs=1e-6)
+    sse = [np.sum((np.subtract(*_ref_all(x_all, y_all, split, a, on=1))) ** 2) for a in GRID]
+    assert rows["alpha_all"] == GRID[int(np.argmin(sse))]
+
+
 def test_self_model_is_sklearn_ridge_with_unpenalised_position_intercepts():
     # Cross-check of the self-only convention by a second route: one-hot position columns scaled
     # so large that their ridge penalty vanishes are the same as unpenalised per-position intercepts.

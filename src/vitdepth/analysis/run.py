@@ -522,7 +522,7 @@ def _logistic_rows(name, tm, cache, labels, splits, usable, info, seed) -> list[
 def _isi_rec_rows(name, tm, isi_rec, metrics, n_test, warn: list[str]) -> list[dict]:
     rows = []
     for layer, stat in isi_rec.items():
-        if not all(bool(torch.isfinite(v).all()) for v in stat.state_dict().values()):
+        if not stat.all_finite():
             warn.append(f"isi_rec of layer {layer}: its statistics hold NaN/Inf activations; not computed")
             continue
         values = stat.compute()

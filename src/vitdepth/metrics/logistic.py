@@ -178,12 +178,33 @@ def _lbfgs(z: Tensor, y: Tensor, num_classes: int, wds: Tensor, max_iter: int,
     active = torch.ones(k, g, dtype=torch.bool, device=z.device)
     converged = torch.zeros(k, g, dtype=torch.bool, device=z.device)
     n_iter = torch.zeros(k, g, dtype=torch.int64, device=z.device)
+    # Results of every head; the loop below works on the heads that still have a running problem ("live"),
+    # dropping finished heads once they are half of what it carries: the two-loop recursion costs as much
+    # as the function evaluations, and most heads finish long before the slowest one.
+    out_p = _Params(torch.empty_like(p.w), torch.empty_like(p.b))
+    out_iter, out_conv = torch.empty_like(n_iter), torch.empty_like(converged)
+    live = torch.arange(k, device=z.device)
+
+    def store(heads: Tensor) -> None:
+        out_p.w[live[heads]], out_p.b[live[heads]] = p.w[heads], p.b[heads]
+        out_iter[live[heads]], out_conv[live[heads]] = n_iter[heads], converged[heads]
+
     for _ in range(max_iter):
         gmax = torch.maximum(grad.w.abs().amax((1, 3)), grad.b.abs().amax(-1))
         converged |= active & (gmax <= tol)
         active &= ~converged
-        if not bool(active.any()):
+        running = active.any(1)
+        n_running = int(running.sum())
+        if n_running == 0:
             break
+        if n_running <= len(live) // 2:
+            store(torch.nonzero(~running).squeeze(1))
+            keep = torch.nonzero(running).squeeze(1)
+            live, z = live[keep], z[keep]
+            p, grad, loss = _take(p, keep), _take(grad, keep), loss[keep]
+            history = [(_take(s_, keep), _take(y_, keep), rho[keep]) for s_, y_, rho in history]
+            gamma, has_pair, active = gamma[keep], has_pair[keep], active[keep]
+            converged, n_iter = converged[keep], n_iter[keep]
         # Two-loop recursion, vectorised over problems.
         q, coeffs = grad, []
         for s, yv, rho in reversed(history):
@@ -217,7 +238,8 @@ def _lbfgs(z: Tensor, y: Tensor, num_classes: int, wds: Tensor, max_iter: int,
         gamma = torch.where(valid, sy / torch.where(valid, yy, 1.0), gamma)
         has_pair |= valid
         p, loss, grad = new_p, new_loss, new_grad
-    return p, n_iter, converged
+    store(torch.arange(len(live), device=z.device))
+    return out_p, out_iter, out_conv
 
 
 def _standardise(x: Tensor) -> tuple[np.ndarray, np.ndarray]:
