@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from vitdepth.analysis.progress import Progress
+from vitdepth.analysis.progress import Progress, Stages
 
 
 class _Tty(io.StringIO):
@@ -29,6 +29,23 @@ def test_progress_shows_rate_and_eta_on_a_terminal_only():
     with Progress(10, "analyze", stream=quiet, quiet=True) as p:
         p.update(10)
     assert quiet.getvalue() == ""
+
+
+def test_stages_print_each_step_on_a_terminal_and_always_time_it():
+    tty = _Tty()
+    stages = Stages(stream=tty)
+    with stages("probes_s", "ridge probes"):
+        pass
+    with pytest.raises(RuntimeError), stages("figures_s", "figures"):
+        raise RuntimeError("boom")
+    lines = tty.getvalue().splitlines()
+    assert [line.split(" ...")[0] for line in lines] == ["ridge probes", "figures"]
+    assert all(line.endswith("s") for line in lines) and set(stages.seconds) == {"probes_s", "figures_s"}
+    pipe = io.StringIO()
+    quiet = Stages(stream=pipe)
+    with quiet("probes_s", "ridge probes"):
+        pass
+    assert pipe.getvalue() == "" and quiet.seconds["probes_s"] >= 0
 
 
 @pytest.mark.parametrize(

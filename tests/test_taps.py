@@ -139,3 +139,21 @@ def test_model_without_attention_blocks_is_refused():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.ReLU())
     with pytest.raises(VitdepthError, match="no attention blocks"):
         find_sites(net)
+
+
+def test_run_timings_exclude_the_sink_and_are_ordered():
+    """Per-block end times of a tapped forward: increasing, within the forward, and blind to a slow sink."""
+    import time
+
+    tm = wrap_timm(tiny_timm_vit(), "test", {})
+    x = torch.randn(2, 3, 32, 32)
+    timings: dict = {}
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        tm.run(x, lambda t: time.sleep(0.05), timings=timings)  # 5 layers x at least 50 ms of sink
+        wall = time.perf_counter() - t0
+    ends = timings["block_end_s"]
+    assert len(ends) == tm.depth
+    assert all(b > a for a, b in zip(ends, ends[1:], strict=False))
+    assert 0 < ends[-1] <= timings["forward_s"]
+    assert wall - timings["forward_s"] >= 5 * 0.05  # the time spent in the sink is not counted

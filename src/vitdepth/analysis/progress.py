@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class Progress:
@@ -40,3 +42,31 @@ class Progress:
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class Stages:
+    """One line per post-pass step (``ridge probes ... 1.2s``) on a terminal; silent when quiet or not a TTY.
+
+    ``with stages("probes_s", "ridge probes"): ...`` times the step under ``probes_s`` in
+    :attr:`seconds`. The steps after the pass take seconds each, and a terminal that stays silent
+    for that long looks hung.
+    """
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.seconds: dict[str, float] = {}  # key -> wall time of every finished step (for run.json)
+
+    @contextmanager
+    def __call__(self, key: str, label: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self.enabled:
+            self.stream.write(f"{label} ...")
+            self.stream.flush()
+        try:
+            yield
+        finally:
+            self.seconds[key] = time.perf_counter() - start
+            if self.enabled:
+                self.stream.write(f" {self.seconds[key]:.1f}s\n")
+                self.stream.flush()

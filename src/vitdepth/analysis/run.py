@@ -45,9 +45,10 @@ from ..results import layer_depth, layer_order, write_layers
 from ..summaries import build_phases
 from .cache import FeatureCache
 from .layer_metrics import ATTENTION_IDS, PER_IMAGE_IDS, per_image_values, pooled_features
-from .progress import Progress
+from .progress import Progress, Stages
 
 ISI_REC_IDS = frozenset({"isi_rec", "r2_self", "r2_all"})
+COLLAPSE_IDS = frozenset(m for m, info in METRICS.items() if info.family == "collapse")
 
 
 @dataclass
@@ -263,25 +264,29 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     labels_ok = labels[loaded]
     check_labels(labels_ok, source.class_names)
 
-    t0 = time.perf_counter()
+    stages = Stages(quiet=cfg.quiet)
     correct_store = {ts: np.full((n, len(layers)), np.nan) for ts in cache.layers}
     usable = loaded[:, None] & state.finite  # (images, layers): what the probes of each layer may use
-    rows_out, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names), metrics,
-                                       correct_store)
+    with stages("probes_s", "ridge probes" + (" and neural collapse" if metrics & COLLAPSE_IDS else "")):
+        rows_out, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names),
+                                           metrics, correct_store)
     if "probe_acc_logistic" in metrics:
-        rows_out += _logistic_rows(name, tm, cache, labels, splits, usable, probe_info, cfg.seed)
-    t_probe = time.perf_counter() - t0
-    rows_out = _per_image_rows(name, tm, state.curves, loaded, cfg) + rows_out
+        with stages("logistic_s", "logistic probes"):
+            rows_out += _logistic_rows(name, tm, cache, labels, splits, usable, probe_info, cfg.seed)
+    with stages("bootstrap_s", "bootstrap CIs"):
+        rows_out = _per_image_rows(name, tm, state.curves, loaded, cfg) + rows_out
     if isi_rec is not None:
-        rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()),
-                                  probe_info.setdefault("warnings", []))
+        with stages("isi_rec_s", "isi_rec ridge fits"):
+            rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()),
+                                      probe_info.setdefault("warnings", []))
     rows_out.sort(key=lambda r: (r["metric"], r["token_set"], -1 if r["layer"] == "pre" else int(r["layer"])))
     write_layers(rows_out, tmp)
     np.savez_compressed(tmp / "per_image.npz", dataset_index=indices[loaded], label=labels[loaded],
                         split=splits[loaded], layers=np.array(layers),
                         **{m: v[loaded] for m, v in state.curves.state_dict().items()},
                         **{f"probe_correct_{ts}": v[loaded] for ts, v in correct_store.items()})
-    truncation = _truncation(tm, rows_out, device, cfg, state)
+    with stages("truncation_s", "truncation estimate"):
+        truncation = _truncation(tm, rows_out, device, cfg, state)
 
     warn = list(tm.sites.warnings) + list(getattr(source, "warnings", []))
     nonfinite = (~state.finite[loaded]).sum(axis=0)
@@ -312,24 +317,26 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
         "probe": probe_info,
         "seed": cfg.seed,
         "versions": _versions(),
-        "timings": {"pass_s": t_pass, "probes_s": t_probe, "images_per_s": float(loaded.sum()) / t_pass},
+        "timings": {"pass_s": t_pass, "images_per_s": float(loaded.sum()) / t_pass, **stages.seconds},
         "truncation": truncation,
         "warnings": warn,
     }
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
-    phases = build_phases(tmp, n_boot=cfg.n_boot_phases)
+    with stages("phases_s", "phase fits"):
+        phases = build_phases(tmp, n_boot=cfg.n_boot_phases)
     if cfg.figures:
         from ..report.figures import write_run_figures
 
-        t0 = time.perf_counter()
-        write_run_figures(tmp, rows=rows_out, model=name, phases=phases)
-        run["timings"]["figures_s"] = time.perf_counter() - t0
-    run["timings"]["total_s"] = time.perf_counter() - t_start
-    (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
+        with stages("figures_s", "figures"):
+            write_run_figures(tmp, rows=rows_out, model=name, phases=phases)
     if cfg.figures and cfg.report:
         from ..report.html import write_run_report
 
-        write_run_report(tmp)
+        with stages("report_s", "report"):
+            write_run_report(tmp)  # reads run.json as written above; timings are completed below
+    run["timings"].update(stages.seconds)
+    run["timings"]["total_s"] = time.perf_counter() - t_start
+    (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
 
 
 def _json_default(o):

@@ -53,13 +53,14 @@ Held-out SSE for any weights follows from a split's statistics,
 train centre, and one eigendecomposition of the train Gram serves every alpha: in its
 eigenbasis the SSE of every alpha costs ``O((T k_in)^2)`` once a split is rotated.
 
-Small splits: while a split has at most ``T k_in`` images its projected rows are kept instead of
-summed (no more memory than its sums would take, and no (D, D) update per batch); the held-out
-splits' rows become moments at ``compute``, and a train split still held as rows is solved through
-its n x n kernel, which gives the same ridge path as the Gram's eigendecomposition at n^3 instead of
-(T k_in)^3 cost (for ViT-S below with 190 images, 0.09 s instead of 0.32 s per layer on 2 CPU cores).
-:meth:`ReconstructionISI.state_dict` and ``merge`` turn held rows into sums for good, so the
-exchanged state is always the additive sums.
+Small splits: while a split has at most ``T k_in`` images its projected rows are stored instead of
+summed, in that split's own Gram and cross-moment slots (exactly ``T k_in`` rows fit, so memory is
+the same at every dataset size, and a batch costs a copy instead of a (D, D) update). The held-out
+splits' rows become moments at ``compute``, and a train split still stored as rows is solved
+through its n x n kernel, which gives the same ridge path as the Gram's eigendecomposition at n^3
+instead of (T k_in)^3 cost (for ViT-S below with 190 images, 0.09 s instead of 0.32 s per layer on
+2 CPU cores). :meth:`ReconstructionISI.state_dict` and ``merge`` turn stored rows into sums for
+good, so the exchanged state is always the additive sums.
 
 Cost and memory: per batch and split present, one ``(B, T k_in)^T (B, T k_in)`` and one
 ``(B, T k_in)^T (B, P k)`` float64 matmul. The state is ``3 ((T k_in)^2 + T k_in P k)`` float64
@@ -218,32 +219,54 @@ def _add_rows_(state: dict[str, Tensor], s: int, xs: Tensor, ys: Tensor) -> None
     state["cross"][s].addmm_(xs.T, ys)
 
 
-def _isi_rec_update_(state: dict[str, Tensor] | None, tokens: Tensor, pre_patches: Tensor, split: np.ndarray,
-                     r_in: Tensor, r_out: Tensor, held: dict[int, tuple[list[Tensor], list[Tensor]]]) -> None:
-    """Add one batch: rows of the splits in ``held`` are appended there, the others summed into ``state``.
+def _isi_rec_update_(state: dict[str, Tensor], tokens: Tensor, pre_patches: Tensor, split: np.ndarray,
+                     r_in: Tensor, r_out: Tensor, held: dict[int, int]) -> None:
+    """Add one batch in place: summed, or stored as rows for the splits in ``held``.
+
+    A split in ``held`` (split code -> rows stored so far) keeps its rows in its own, still unused,
+    ``gram`` and ``cross`` slots: row i's inputs in ``gram[s, i]`` and targets in ``cross[s, i]``, which
+    hold exactly ``T k_in`` rows. A batch that would overflow them turns the split into sums for good
+    (the stored rows are summed first, then the batch) and removes it from ``held``.
 
     Args:
-        state: Statistics of :func:`_isi_rec_empty` on r_in's device and dtype (None if every split present
-            is held as rows).
+        state: Statistics of :func:`_isi_rec_empty` on r_in's device and dtype.
         tokens: Layer tokens (B, T, d), prefix tokens first (any float dtype).
         pre_patches: Pre-position-embedding patch embeddings (B, P, d).
         split: Split codes (B,) in {0, 1, 2}, a host (numpy) array.
         r_in: (d, k_in) projection on the accumulation device and dtype.
         r_out: (d, k) projection, same device and dtype.
-        held: split code -> (input rows, target rows) lists for the splits kept as rows.
+        held: split code -> number of rows stored in that split's slots.
     """
     x, y = _project(tokens, pre_patches, r_in, r_out)
+    capacity = state["gram"].shape[1]
     for s, rows in _split_rows(split).items():
         if rows is not None:
             idx = torch.from_numpy(rows).to(x.device)
             xs, ys = x.index_select(0, idx), y.index_select(0, idx)
         else:
             xs, ys = x, y
+        if s in held and held[s] + xs.shape[0] <= capacity:
+            state["gram"][s, held[s] : held[s] + xs.shape[0]] = xs
+            state["cross"][s, held[s] : held[s] + xs.shape[0]] = ys
+            held[s] += xs.shape[0]
+            continue
         if s in held:
-            held[s][0].append(xs)
-            held[s][1].append(ys)
-        else:
-            _add_rows_(state, s, xs, ys)
+            _sum_stored_rows_(state, s, held.pop(s))
+        _add_rows_(state, s, xs, ys)
+
+
+def _stored_rows(state: dict[str, Tensor], s: int, n: int) -> tuple[Tensor, Tensor]:
+    """Views of the ``n`` rows stored in split ``s``'s slots: inputs (n, T k_in) and targets (n, P k)."""
+    return state["gram"][s, :n], state["cross"][s, :n]
+
+
+def _sum_stored_rows_(state: dict[str, Tensor], s: int, n: int) -> None:
+    """Turn the ``n`` rows stored in split ``s``'s slots into that split's sums (one (n, D) copy meanwhile)."""
+    xs, ys = (t.clone() for t in _stored_rows(state, s, n))
+    state["gram"][s].zero_()
+    state["cross"][s].zero_()
+    if n:
+        _add_rows_(state, s, xs, ys)
 
 
 def _isi_rec_merge(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -518,11 +541,12 @@ class ReconstructionISI:
         self._proj: tuple[Tensor, Tensor] | None = None  # projections on the state's device
         self._device: torch.device | None = None  # of the first update
         self._state: dict[str, Tensor] | None = None  # the sums, allocated when a split first needs them
-        # Rows (inputs, targets) of a split are held instead of summed while it has at most ``input_width``
-        # of them: they take no more memory than that split's Gram and cross-moment would, cost a copy instead
-        # of a (D, D) update per batch, and a train split held as rows is solved through its n x n kernel
-        # (an n^3 eigendecomposition instead of a (T k_in)^3 one). Beyond that the split's rows become sums.
-        self._held: dict[int, tuple[list[Tensor], list[Tensor]]] = {s: ([], []) for s in range(len(_SPLITS))}
+        # Rows (inputs, targets) of a split are stored instead of summed while it has at most ``input_width``
+        # of them, in the split's own Gram and cross-moment slots (exactly that many rows fit), so memory is
+        # the same at every dataset size; storing costs a copy instead of a (D, D) update per batch, and a
+        # train split still stored as rows is solved through its n x n kernel (an n^3 eigendecomposition
+        # instead of a (T k_in)^3 one). Split code -> rows stored; a split leaves it when it becomes sums.
+        self._held: dict[int, int] = {s: 0 for s in range(len(_SPLITS))}
 
     @property
     def input_width(self) -> int:
@@ -582,7 +606,6 @@ class ReconstructionISI:
         device = torch.device(device)
         if self._state is not None:
             self._state = {key: v.to(device) for key, v in self._state.items()}
-        self._held = {s: tuple([t.to(device) for t in rows] for rows in pair) for s, pair in self._held.items()}
         if self._device is not None:
             self._device = device
         self._proj = None
@@ -592,25 +615,22 @@ class ReconstructionISI:
         """Forget every image seen."""
         self._state = None
         self._device = None
-        self._held = {s: ([], []) for s in range(len(_SPLITS))}
+        self._held = {s: 0 for s in range(len(_SPLITS))}
 
     def _sum_held(self, splits=None) -> None:
-        """Turn held rows of ``splits`` (default: all) into sums, for good (sums are the canonical form)."""
+        """Turn stored rows of ``splits`` (default: all) into sums, for good (sums are the canonical form)."""
         for s in [s for s in (self._held if splits is None else splits) if s in self._held]:
-            xs, ys = self._held.pop(s)
-            if xs:
-                state = self._ensure_state()
-                for x, y in zip(xs, ys, strict=True):
-                    _add_rows_(state, s, x, y)
+            n = self._held.pop(s)
+            if self._state is not None:
+                _sum_stored_rows_(self._ensure_state(), s, n)
 
     def _current_state(self) -> dict[str, Tensor]:
         return self._state if self._state is not None else _isi_rec_empty(
             self.input_width, self.output_width, "cpu", self.dtype)
 
     def all_finite(self) -> bool:
-        """Whether every statistic (and held row) is finite: False once a NaN/Inf token was added."""
-        held = [t for pair in self._held.values() for rows in pair for t in rows]
-        return all(bool(torch.isfinite(t).all()) for t in [*self._current_state().values(), *held])
+        """Whether every statistic (and stored row) is finite: False once a NaN/Inf token was added."""
+        return all(bool(torch.isfinite(t).all()) for t in self._current_state().values())
 
     def state_dict(self) -> dict[str, Tensor]:
         """The sums, one tensor per statistic with a leading split axis of 3 (zeros before any update).
@@ -678,10 +698,7 @@ class ReconstructionISI:
         if codes.size == 0:
             return
         self._check_device(tokens.device)
-        summed = set(np.unique(codes).tolist()) - set(self._held)
-        state = self._ensure_state() if summed else None
-        _isi_rec_update_(state, tokens, pre_patches, codes, *self._proj, self._held)
-        self._sum_held([s for s, (xs, _) in self._held.items() if sum(x.shape[0] for x in xs) > self.input_width])
+        _isi_rec_update_(self._ensure_state(), tokens, pre_patches, codes, *self._proj, self._held)
 
     def compute(self) -> dict[str, float]:
         """``isi_rec``, ``r2_self``, ``r2_all``, ``alpha_self``, ``alpha_all`` (see the module docstring).
@@ -692,8 +709,8 @@ class ReconstructionISI:
         """
         with torch.no_grad():
             self._sum_held([1, 2])  # held-out splits only enter through their moments (n D^2 to form)
-            xs, ys = self._held.get(0, ([], []))
-            train = (torch.cat(xs), torch.cat(ys)) if xs else None
+            n_train = self._held.get(0, 0)
+            train = _stored_rows(self._state, 0, n_train) if n_train and self._state is not None else None
             return _isi_rec_compute(self._current_state(), self.num_tokens, self.num_patches, self.k_in, self.k,
                                     self.alphas, train_rows=train)
 
