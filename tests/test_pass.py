@@ -133,3 +133,18 @@ def test_batch_size_does_not_change_results(tmp_path, tiny16):
             a, b = (float(v) if v else float("nan") for v in (r[col], s[col]))
             assert a == pytest.approx(b, rel=1e-5, abs=1e-6, nan_ok=True), (key, col)
         assert r["n"] == s["n"]
+
+
+def test_logistic_probes_in_head_groups_equal_one_group(tmp_path, tiny16, monkeypatch):
+    """Bounding the features held by the logistic probes (one head at a time) changes no result."""
+    from vitdepth.analysis import run as run_mod
+
+    def logistic(out):
+        return {k: (r["value"], r["n"]) for k, r in _table(out).items() if k[0] == "probe_acc_logistic"}
+
+    cfg = dict(model=f"file:{tiny16}", data="digits", samples=120, quiet=True, figures=False, metrics="core",
+               probe="logistic")
+    together = logistic(analyze(AnalyzeConfig(out=str(tmp_path / "one"), **cfg)))
+    monkeypatch.setattr(run_mod, "LOGISTIC_FEATURE_BYTES", 1)  # one head per optimiser run
+    apart = logistic(analyze(AnalyzeConfig(out=str(tmp_path / "many"), **cfg)))
+    assert len(together) == 9 and together == apart  # mean: pre, 0..3; cls: 0..3

@@ -265,20 +265,25 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     check_labels(labels_ok, source.class_names)
 
     stages = Stages(quiet=cfg.quiet)
+    rows_out, post_warnings, isi_info = [], [], None
+    _split_rows(splits, loaded)  # every split has images (else a one-line error, before any fit)
+    if isi_rec is not None:
+        # first, so its statistics (the largest state of the pass) are freed before the probes load features
+        isi_info = next(iter(isi_rec.values())).projection_info()
+        with stages("isi_rec_s", "isi_rec ridge fits"):
+            rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()), post_warnings)
+        isi_rec = state.isi_rec = None
     correct_store = {ts: np.full((n, len(layers)), np.nan) for ts in cache.layers}
     usable = loaded[:, None] & state.finite  # (images, layers): what the probes of each layer may use
     with stages("probes_s", "ridge probes" + (" and neural collapse" if metrics & COLLAPSE_IDS else "")):
-        rows_out, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names),
-                                           metrics, correct_store)
+        probe_rows, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names),
+                                             metrics, correct_store)
+        rows_out += probe_rows
     if "probe_acc_logistic" in metrics:
         with stages("logistic_s", "logistic probes"):
             rows_out += _logistic_rows(name, tm, cache, labels, splits, usable, probe_info, cfg.seed)
     with stages("bootstrap_s", "bootstrap CIs"):
         rows_out = _per_image_rows(name, tm, state.curves, loaded, cfg) + rows_out
-    if isi_rec is not None:
-        with stages("isi_rec_s", "isi_rec ridge fits"):
-            rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()),
-                                      probe_info.setdefault("warnings", []))
     rows_out.sort(key=lambda r: (r["metric"], r["token_set"], -1 if r["layer"] == "pre" else int(r["layer"])))
     write_layers(rows_out, tmp)
     np.savez_compressed(tmp / "per_image.npz", dataset_index=indices[loaded], label=labels[loaded],
@@ -294,7 +299,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
         if count:
             warn.append(f"layer {layer}: {count} images have NaN/Inf activations (or pooled features beyond the "
                         "fp16 range of the cache); the probes of that layer leave them out")
-    warn += probe_info.pop("warnings", [])
+    warn += post_warnings + probe_info.pop("warnings", [])
     if skipped:
         warn.append(f"{len(skipped)} unreadable images were skipped (listed under data.skipped)")
     not_applicable = []
@@ -313,7 +318,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
                  "split_fractions": list(cfg.split_fractions), "skipped": skipped},
         "metrics": {"selected": sorted(metrics), "spec": cfg.metrics or "all", "not_applicable": not_applicable,
                     "formulas": {m: METRICS[m].formula for m in sorted(metrics)},
-                    "isi_rec": next(iter(isi_rec.values())).projection_info() if isi_rec else None},
+                    "isi_rec": isi_info},
         "probe": probe_info,
         "seed": cfg.seed,
         "versions": _versions(),
@@ -497,8 +502,17 @@ def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, cor
     return rows, info
 
 
+#: Bound on the float32 features (train + val + test, and the standardised train copy) the logistic probes hold
+#: at once: heads are trained in groups under it (independent problems, so the grouping changes no result).
+LOGISTIC_FEATURE_BYTES = 256 * 2**20
+
+
 def _logistic_rows(name, tm, cache, labels, splits, usable, info, seed) -> list[dict]:
-    """Softmax-regression probes for every layer and token set at once (features of the splits in memory)."""
+    """Softmax-regression probes for every layer and token set, many heads per optimiser run.
+
+    The features of a group of heads are read from the cache into memory (L-BFGS needs every train
+    sample at every step); groups are sized so that at most :data:`LOGISTIC_FEATURE_BYTES` are held.
+    """
     from ..metrics.logistic import fit_logistic_probes
 
     # one stacked problem: every head sees the same images, those usable at every layer
@@ -506,23 +520,27 @@ def _logistic_rows(name, tm, cache, labels, splits, usable, info, seed) -> list[
     if split_rows is None:
         return []
     heads = [(ts, li, layer) for ts, names in cache.layers.items() for li, layer in enumerate(names)]
+    per_head = 4 * cache.dim * (2 * len(split_rows["train"]) + len(split_rows["val"]) + len(split_rows["test"]))
+    group = max(1, LOGISTIC_FEATURE_BYTES // per_head)
 
-    def stacked(split):
+    def stacked(part, split):
         r = split_rows[split]
-        return torch.from_numpy(np.stack([np.concatenate(list(cache.read(ts, li, r))) for ts, li, _ in heads]))
+        return torch.from_numpy(np.stack([np.concatenate(list(cache.read(ts, li, r))) for ts, li, _ in part]))
 
-    probes = fit_logistic_probes(stacked("train"), torch.from_numpy(labels[split_rows["train"]]),
-                                 stacked("val"), torch.from_numpy(labels[split_rows["val"]]), seed=seed)
     y_test = labels[split_rows["test"]]
-    pred = np.asarray(probes.predict(stacked("test")))
     rows = []
     info["logistic_weight_decay"] = {}
-    for k, (ts, _, layer) in enumerate(heads):
-        correct = int((pred[k] == y_test).sum())
-        lo, hi = wilson_interval(correct, len(y_test))
-        rows.append(_row(name, layer, tm.depth, "probe_acc_logistic", ts, correct / len(y_test), lo, hi,
-                         len(y_test)))
-        info["logistic_weight_decay"][f"{ts}/{layer}"] = float(probes.weight_decay_[k])
+    for start in range(0, len(heads), group):
+        part = heads[start:start + group]
+        probes = fit_logistic_probes(stacked(part, "train"), torch.from_numpy(labels[split_rows["train"]]),
+                                     stacked(part, "val"), torch.from_numpy(labels[split_rows["val"]]), seed=seed)
+        pred = np.asarray(probes.predict(stacked(part, "test")))
+        for k, (ts, _, layer) in enumerate(part):
+            correct = int((pred[k] == y_test).sum())
+            lo, hi = wilson_interval(correct, len(y_test))
+            rows.append(_row(name, layer, tm.depth, "probe_acc_logistic", ts, correct / len(y_test), lo, hi,
+                             len(y_test)))
+            info["logistic_weight_decay"][f"{ts}/{layer}"] = float(probes.weight_decay_[k])
     return rows
 
 
