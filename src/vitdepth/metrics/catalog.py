@@ -133,11 +133,13 @@ _DETAILS = {
                      "Zhai et al. 2023 (normalised by log T)"),
     "probe_acc": ("after the pass: one d×d Gram per layer and token set, one eigendecomposition serves every λ",
                   f"linear probing (Alain & Bengio 2016), as in {_PAPER}"),
-    "probe_acc_logistic": ("after the pass: one optimiser over all layers × token sets × weight decays, "
-                           "features of the train/val/test splits in memory",
+    "probe_acc_logistic": ("after the pass: one L-BFGS run over many layers × token sets × weight decays at once, "
+                           "features read from the cache in head groups of at most 256 MiB",
                            "linear evaluation as in DINO / MAE linear probing"),
-    "isi_rec": ("per layer and split a (T·k_in)² Gram (≤ 1024²) and a (k_in+1)² Gram, updated by one matmul per "
-                "batch", f"{_PAPER} (ISI); projections and regressor are our definition"),
+    "isi_rec": ("per layer and split a (T·k_in)² Gram (≤ 1024²) and a (T·k_in)×(P·k) cross-moment in float64 (a "
+                "split of at most T·k_in images keeps its projected rows there instead); after the pass one "
+                "eigendecomposition per layer, (T·k_in)³ or n³ for n ≤ T·k_in train images",
+                f"{_PAPER} (ISI); projections and regressor are our definition"),
     "r2_self": ("part of isi_rec", "part of isi_rec (our definition)"),
     "r2_all": ("part of isi_rec", "part of isi_rec (our definition)"),
     "cls_centrality": ("O(H·P) per image from the attention", _OURS),
