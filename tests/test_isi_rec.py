@@ -323,3 +323,16 @@ def test_errors_name_the_problem():
         isi.compute()
     with pytest.raises(VitdepthError, match=r"differ in \['seed', 'sha256'\]"):
         isi.merge(ReconstructionISI(12, 5, 4, k=3, k_in=4, seed=1))
+
+
+def test_shared_targets_equal_own_projection():
+    """Layers of one batch may share one projection of the pre-PE embeddings: same state, same result."""
+    tokens, pre, split = _block(n=200, mix=0.4, seed=8)
+    own = _fit(tokens, pre, split, k=3, k_in=4)
+    shared = ReconstructionISI(12, 5, 4, k=3, k_in=4)
+    other_layer = ReconstructionISI(12, 5, 4, k=3, k_in=4)  # same projections: its targets serve
+    for a, b in ((0, 70), (70, 200)):
+        shared.update(tokens[a:b], pre[a:b], split[a:b], targets=other_layer.targets(pre[a:b]))
+    _assert_states_close(shared.state_dict(), own.state_dict())
+    with pytest.raises(VitdepthError, match=r"targets must have shape \(B, P k\) = \(3, 12\)"):
+        shared.update(tokens[:3], pre[:3], split[:3], targets=torch.zeros(3, 5))

@@ -145,6 +145,10 @@ def test_monitor_warns_once_when_late_layers_flat_and_loss_falls():
     m = ISIMonitor.__new__(ISIMonitor)
     m.flat_tol, m.loss_drop, m.every = 0.1, 0.01, 2
     assert m.late_layers_flat(flat) and not m.late_layers_flat(rising)
+    # per-layer noise in a flat tail: the raw last third spans 0.07 > 10% of the range, its phase fit does not
+    noisy = {str(i): v for i, v in enumerate([0.5, 0.3, 0.2, 0.1, 0.12, 0.10, 0.16, 0.09, 0.12], start=1)}
+    tail = [noisy[k] for k in ("7", "8", "9")]
+    assert max(tail) - min(tail) > 0.1 * (0.5 - 0.09) and m.late_layers_flat(noisy)
     m.losses = [1.0, 1.0, 0.9, 0.9]
     assert m.loss_falling()
     m.losses = [1.0, 1.0, 1.0, 1.0]

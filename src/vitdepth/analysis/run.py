@@ -140,6 +140,7 @@ class _Pass:
         self.block_end_s = np.zeros(tm.depth)
         self._rows: np.ndarray | None = None
         self._pre: torch.Tensor | None = None
+        self._targets: torch.Tensor | None = None
         self._bad: list[torch.Tensor] = []
         self._values: list[tuple[str, int, torch.Tensor]] = []
         self._feats: dict[str, list[torch.Tensor]] = {}
@@ -158,15 +159,17 @@ class _Pass:
             self._values.append((metric, t.position, values))
         if self.isi_rec is not None:
             if t.layer == "pre":
+                # every layer regresses onto the same projected pre-PE embeddings: project them once per batch
                 self._pre = t.tokens
+                self._targets = next(iter(self.isi_rec.values())).targets(t.tokens)
             else:
-                self.isi_rec[t.layer].update(t.tokens, self._pre, self.splits[self._rows])
+                self.isi_rec[t.layer].update(t.tokens, self._pre, self.splits[self._rows], targets=self._targets)
 
     def batch(self, images: torch.Tensor, rows: np.ndarray, first_row: int, span: int) -> None:
         self._rows, self._bad, self._values, self._feats = rows, [], [], {}
         timings: dict = {}
         self.tm.run(images, self.sink, attention=self.attention, timings=timings)
-        self._pre = None
+        self._pre = self._targets = None
         self.forward_s += timings["forward_s"]
         self.block_end_s += np.asarray(timings["block_end_s"])
         self.finite[rows] = ~torch.stack(self._bad, dim=1).cpu().numpy()

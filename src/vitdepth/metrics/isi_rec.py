@@ -196,12 +196,13 @@ def _split_rows(split: np.ndarray) -> dict[int, np.ndarray | None]:
     return {int(s): np.flatnonzero(split == s) for s in present}
 
 
-def _project(tokens: Tensor, pre_patches: Tensor, r_in: Tensor, r_out: Tensor) -> tuple[Tensor, Tensor]:
-    """Token-major inputs (B, T k_in) and targets (B, P k), projected in the accumulation dtype (float64)."""
-    b = tokens.shape[0]
-    x = (tokens.to(device=r_in.device, dtype=r_in.dtype) @ r_in).reshape(b, -1)
-    y = (pre_patches.to(device=r_out.device, dtype=r_out.dtype) @ r_out).reshape(b, -1)
-    return x, y
+def _project(tokens: Tensor, r: Tensor) -> Tensor:
+    """Token-major projections (B, tokens * k) of (B, tokens, d) in the accumulation dtype (float64).
+
+    Layer tokens with ``r_in`` give the inputs (B, T k_in), pre-PE patch embeddings with ``r_out`` the
+    targets (B, P k).
+    """
+    return (tokens.to(device=r.device, dtype=r.dtype) @ r).reshape(tokens.shape[0], -1)
 
 
 def _add_rows_(state: dict[str, Tensor], s: int, xs: Tensor, ys: Tensor) -> None:
@@ -219,8 +220,8 @@ def _add_rows_(state: dict[str, Tensor], s: int, xs: Tensor, ys: Tensor) -> None
     state["cross"][s].addmm_(xs.T, ys)
 
 
-def _isi_rec_update_(state: dict[str, Tensor], tokens: Tensor, pre_patches: Tensor, split: np.ndarray,
-                     r_in: Tensor, r_out: Tensor, held: dict[int, int]) -> None:
+def _isi_rec_update_(state: dict[str, Tensor], tokens: Tensor, targets: Tensor, split: np.ndarray,
+                     r_in: Tensor, held: dict[int, int]) -> None:
     """Add one batch in place: summed, or stored as rows for the splits in ``held``.
 
     A split in ``held`` (split code -> rows stored so far) keeps its rows in its own, still unused,
@@ -231,13 +232,12 @@ def _isi_rec_update_(state: dict[str, Tensor], tokens: Tensor, pre_patches: Tens
     Args:
         state: Statistics of :func:`_isi_rec_empty` on r_in's device and dtype.
         tokens: Layer tokens (B, T, d), prefix tokens first (any float dtype).
-        pre_patches: Pre-position-embedding patch embeddings (B, P, d).
+        targets: Projected pre-position-embedding patch embeddings (B, P k), ``_project(pre, r_out)``.
         split: Split codes (B,) in {0, 1, 2}, a host (numpy) array.
         r_in: (d, k_in) projection on the accumulation device and dtype.
-        r_out: (d, k) projection, same device and dtype.
         held: split code -> number of rows stored in that split's slots.
     """
-    x, y = _project(tokens, pre_patches, r_in, r_out)
+    x, y = _project(tokens, r_in), targets
     capacity = state["gram"].shape[1]
     for s, rows in _split_rows(split).items():
         if rows is not None:
@@ -678,7 +678,18 @@ class ReconstructionISI:
     # -- streaming and result ---------------------------------------------------------------
 
     @torch.no_grad()
-    def update(self, tokens: Tensor, pre_patches: Tensor, split) -> None:
+    def targets(self, pre_patches: Tensor) -> Tensor:
+        """The projected targets (B, P k) of pre-PE patch embeddings (B, P, d), float64 on their device.
+
+        Every layer of a run regresses onto the same targets, so a caller updating many layers with
+        the same batch can project them once and pass them to :meth:`update` (``targets=``).
+        """
+        pre_patches = _check_input("pre_patches", pre_patches, (self.num_patches, self.dim), "(B, P, d)")
+        self._check_device(pre_patches.device)
+        return _project(pre_patches, self._proj[1])
+
+    @torch.no_grad()
+    def update(self, tokens: Tensor, pre_patches: Tensor, split, *, targets: Tensor | None = None) -> None:
         """Add one batch.
 
         Args:
@@ -686,6 +697,8 @@ class ReconstructionISI:
             pre_patches: Pre-position-embedding patch embeddings (B, P, d), same device.
             split: Split code per image (B,), 0/1/2 = train/val/test (numpy array or tensor;
                 read on the host, so keep it on the CPU to avoid a device sync).
+            targets: ``self.targets(pre_patches)`` when already computed (e.g. by another layer's
+                instance with the same projections); saves projecting them again.
         """
         tokens = _check_input("tokens", tokens, (self.num_tokens, self.dim), "(B, T, d)")
         pre_patches = _check_input("pre_patches", pre_patches, (self.num_patches, self.dim), "(B, P, d)")
@@ -698,7 +711,12 @@ class ReconstructionISI:
         if codes.size == 0:
             return
         self._check_device(tokens.device)
-        _isi_rec_update_(self._ensure_state(), tokens, pre_patches, codes, *self._proj, self._held)
+        if targets is None:
+            targets = _project(pre_patches, self._proj[1])
+        elif tuple(targets.shape) != (tokens.shape[0], self.output_width):
+            raise _IsiInputError(f"targets must have shape (B, P k) = ({tokens.shape[0]}, {self.output_width}); "
+                                 f"got {tuple(targets.shape)}. Make them with targets(pre_patches).")
+        _isi_rec_update_(self._ensure_state(), tokens, targets.to(self.dtype), codes, self._proj[0], self._held)
 
     def compute(self) -> dict[str, float]:
         """``isi_rec``, ``r2_self``, ``r2_all``, ``alpha_self``, ``alpha_all`` (see the module docstring).

@@ -6,13 +6,15 @@ computes, per layer, ``isi_attn``, ``token_sim`` and ``attn_entropy`` with exact
 (arXiv 2511.21635) proposes ISI as such a check: a deep model whose late layers stop mixing
 while the loss still falls is spending depth on nothing.
 
-Flatness test (until a phase fit is available to the monitor): the late layers — the last
-third of the blocks — have *gone flat* when ``isi_attn`` varies over them by less than
-``flat_tol`` (default 10%) of its range over all blocks, while the mean training loss of the
-last ``every`` steps is at least ``loss_drop`` (default 1%) below that of the ``every`` steps
-before. When both hold at ``patience`` consecutive evaluations (default 3) after
-``warmup_steps``, the monitor warns once (a random-init ViT's late layers are flat too, so a
-single early evaluation is not evidence).
+Flatness test: the late layers — the last third of the blocks — have *gone flat* when the
+three-segment phase fit of the ``isi_attn`` curve (:func:`vitdepth.phases.fit_three_segments`,
+the fit ``analyze`` reports) varies over them by less than ``flat_tol`` (default 10%) of the
+curve's range over all blocks, while the mean training loss of the last ``every`` steps is at
+least ``loss_drop`` (default 1%) below that of the ``every`` steps before. The fit, not the raw
+curve, is tested so that per-layer noise on one held-out batch does not read as mixing; curves
+of fewer than 5 blocks (too short for three segments) are tested raw. When both hold at
+``patience`` consecutive evaluations (default 3) after ``warmup_steps``, the monitor warns once
+(a random-init ViT's late layers are flat too, so a single early evaluation is not evidence).
 
 Usable from any loop::
 
@@ -36,6 +38,7 @@ from torch import nn
 
 from ..analysis.layer_metrics import per_image_values
 from ..models import TappedModel, tap_module
+from ..phases import fit_three_segments
 
 MONITOR_METRICS = ("isi_attn", "token_sim", "attn_entropy")
 
@@ -143,19 +146,24 @@ class ISIMonitor:
         self._streak = self._streak + 1 if flat and self.loss_falling() and step >= self.warmup_steps else 0
         if self._streak >= self.patience and not self.warned:
             self.warned = True
-            msg = (f"ISI monitor: at step {step} the late layers have gone flat (isi_attn over the last third of "
-                   f"the blocks varies by less than {self.flat_tol:.0%} of its range, {self.patience} evaluations "
-                   "running) while the training loss still falls: the extra depth is not mixing information")
+            msg = (f"ISI monitor: at step {step} the late layers have gone flat (the phase fit of isi_attn over the "
+                   f"last third of the blocks varies by less than {self.flat_tol:.0%} of its range, {self.patience} "
+                   "evaluations running) while the training loss still falls: the extra depth is not mixing "
+                   "information")
             warnings.warn(msg, LateLayersFlatWarning, stacklevel=2)
         return values
 
     def late_layers_flat(self, isi: dict[str, float]) -> bool:
         """The documented flatness test on one ``isi_attn`` curve (blocks 1..L)."""
-        curve = np.array([isi[k] for k in sorted(isi, key=int)])
-        if len(curve) < 3:
+        layers = sorted(isi, key=int)
+        curve = np.array([isi[k] for k in layers])
+        if len(curve) < 3 or not np.isfinite(curve).all():
             return False
-        late = curve[-max(2, int(np.ceil(len(curve) / 3))):]
         full = curve.max() - curve.min()
+        if len(curve) >= 5:
+            x = np.array([int(k) for k in layers], dtype=float)
+            curve = fit_three_segments(x, curve, depth=int(layers[-1])).fitted
+        late = curve[-max(2, int(np.ceil(len(curve) / 3))):]
         return bool(full > 0 and (late.max() - late.min()) < self.flat_tol * full)
 
     def loss_falling(self) -> bool:
