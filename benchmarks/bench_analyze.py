@@ -770,7 +770,9 @@ def part_c(args, work: Path, results: dict) -> None:
                   f"(own peak before teardown {r['phases']['self_maxrss_before_teardown_mib']:.1f} MiB)")
         runs[setting] = out
 
-    n_metrics = len(PER_IMAGE_IDS)  # per-image scalar curves kept: one float64 per image, layer and metric
+    # per-image scalar curves kept: one float64 per image, layer and per-image metric, plus the per-image probe
+    # correctness of the two token sets (what the probe-curve breakpoint CIs resample)
+    n_metrics = len(PER_IMAGE_IDS) + 2
     first = runs["default"][n2][0]
     layers = first["layers"]
     allowance = (n2 - n1) * layers * n_metrics * 8 / 2**20
@@ -808,7 +810,7 @@ def part_c(args, work: Path, results: dict) -> None:
          span(f["after_batch_first"])],
         [f"RSS after each batch, last {d['trace_k']} batches (min–max), N={n2}", span(d["after_batch_last"]),
          span(f["after_batch_last"])],
-        [f"allowance: {n2 - n1} × {layers} layers × {n_metrics} metrics × 8 B", allowance, allowance],
+        [f"allowance: {n2 - n1} × {layers} layers × {n_metrics} per-image curves × 8 B", allowance, allowance],
         [f"for scale: one layer of N={n2} × {tokens} × {dim} float32 tokens", token_level, token_level],
     ], title="(c) memory growth with the number of images"))
     # phases whose own peak grows with N once allocator retention is taken out (fixed mmap threshold): a phase is

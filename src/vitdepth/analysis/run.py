@@ -549,7 +549,8 @@ def _logistic_rows(name, tm, cache, labels, splits, usable, info, seed) -> list[
 
 def _isi_rec_rows(name, tm, isi_rec, metrics, n_test, warn: list[str]) -> list[dict]:
     rows = []
-    for layer, stat in isi_rec.items():
+    for layer in list(isi_rec):
+        stat = isi_rec.pop(layer)  # each layer's statistics are freed once its fits are done
         if not stat.all_finite():
             warn.append(f"isi_rec of layer {layer}: its statistics hold NaN/Inf activations; not computed")
             continue

@@ -281,10 +281,11 @@ def _centred_system(state: dict[str, Tensor], s: int, mu_x: Tensor,
     ``u = x - mu_x``, ``v = y - mu_y``. Held-out residuals of a model fitted on train are
     ``v - W^T (u / s)``, so these are all the SSE needs.
     """
-    n = state["n"][s].to(mu_x.dtype)
+    n = float(state["n"][s])
     sx, sy = state["sum_x"][s], state["sum_y"][s]
-    u = state["gram"][s] - torch.outer(sx, mu_x) - torch.outer(mu_x, sx) + n * torch.outer(mu_x, mu_x)
-    c = state["cross"][s] - torch.outer(sx, mu_y) - torch.outer(mu_x, sy) + n * torch.outer(mu_x, mu_y)
+    # rank-one updates in place (addr_): one copy of each matrix, no (D, D) temporaries
+    u = state["gram"][s].clone().addr_(sx, mu_x, alpha=-1.0).addr_(mu_x, sx, alpha=-1.0).addr_(mu_x, mu_x, alpha=n)
+    c = state["cross"][s].clone().addr_(sx, mu_y, alpha=-1.0).addr_(mu_x, sy, alpha=-1.0).addr_(mu_x, mu_y, alpha=n)
     v2 = state["sum_y2"][s] - 2.0 * mu_y * sy + n * mu_y * mu_y
     return u, c, v2
 
@@ -330,11 +331,15 @@ class _RidgeEig:
     qqt: Tensor
 
 
-def _ridge_eig(u_tr: Tensor, c_tr: Tensor, inv: Tensor) -> _RidgeEig:
-    """One eigendecomposition of the standardised train Gram; serves every alpha and split."""
-    lam, v = torch.linalg.eigh(u_tr * torch.outer(inv, inv))
+def _ridge_eig_(u_tr: Tensor, c_tr: Tensor, inv: Tensor) -> _RidgeEig:
+    """One eigendecomposition of the standardised train Gram; serves every alpha and split.
+
+    Standardises ``u_tr`` and ``c_tr`` in place (they are the caller's own temporaries, never the
+    state): at ViT scale each is tens of MB, and copies would raise the peak memory of ``compute``.
+    """
+    lam, v = torch.linalg.eigh(u_tr.mul_(inv[:, None]).mul_(inv[None, :]))
     lam = torch.clamp(lam, min=0.0)  # PSD up to rounding; a negative eigenvalue could cancel alpha
-    q = v.T @ (c_tr * inv[:, None])
+    q = v.T @ c_tr.mul_(inv[:, None])
     return _RidgeEig(inv=inv, lam=lam, v=v, q=q, qqt=q @ q.T)
 
 
@@ -358,7 +363,7 @@ def _ridge_eig_from_rows(xc: Tensor, vc: Tensor, inv: Tensor) -> _RidgeEig:
     return _RidgeEig(inv=inv, lam=s, v=v, q=q, qqt=q @ q.T)
 
 
-def _heldout_sse(path: _RidgeEig, u: Tensor, c: Tensor, v2: Tensor, alphas: Tensor) -> Tensor:
+def _heldout_sse_(path: _RidgeEig, u: Tensor, c: Tensor, v2: Tensor, alphas: Tensor) -> Tensor:
     """Pooled SSE of a held-out split for each alpha, from the split's moments about the train centre.
 
     The weights are ``W(alpha) = V diag(f) Q`` with ``f = 1 / (lam + alpha)``; a split with
@@ -366,12 +371,13 @@ def _heldout_sse(path: _RidgeEig, u: Tensor, c: Tensor, v2: Tensor, alphas: Tens
 
         SSE(alpha) = sum v**2 - 2 f . rowsum(Q * V^T C~) + f^T ((V^T U~ V) * (Q Q^T)) f
 
-    so after one rotation of the split each alpha costs ``O(D^2)``.
+    so after one rotation of the split each alpha costs ``O(D^2)``. Standardises ``u`` and ``c`` in
+    place (the caller's temporaries, as in :func:`_ridge_eig_`).
     """
     inv, v = path.inv, path.v
-    a = v.T @ (u * torch.outer(inv, inv)) @ v
-    h1 = (path.q * (v.T @ (c * inv[:, None]))).sum(1)
-    h2 = a * path.qqt
+    h2 = (v.T @ u.mul_(inv[:, None]).mul_(inv[None, :])) @ v
+    h2.mul_(path.qqt)
+    h1 = (v.T @ c.mul_(inv[:, None])).mul_(path.q).sum(1)
     f = 1.0 / (path.lam[None, :] + alphas[:, None])  # (n_alpha, D)
     return v2 - 2.0 * (f @ h1) + ((f @ h2) * f).sum(1)
 
@@ -408,45 +414,53 @@ def _isi_rec_compute(state: dict[str, Tensor], num_tokens: int, num_patches: int
     alphas = np.asarray(alphas, dtype=np.float64)
     grid = torch.as_tensor(alphas, dtype=state["gram"].dtype, device=state["gram"].device)
     pre = num_tokens - num_patches
+
+    def self_blocks(u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        return _self_blocks(u, c, num_tokens, num_patches, k_in, k)
+
+    # One split's (T k_in)^2 moments at a time: formed, used by both models, dropped (peak memory of compute).
     if train_rows is None:
         mu_x = state["sum_x"][0] / n[0]
         mu_y = state["sum_y"][0] / n[0]
-        systems = [_centred_system(state, s, mu_x, mu_y) for s in range(3)]
         raw_sq = torch.diagonal(state["gram"][0])
-        self_train = (*_self_blocks(systems[0][0], systems[0][1], num_tokens, num_patches, k_in, k), None)
-        all_train = systems[0]
+        u_tr, c_tr, _ = _centred_system(state, 0, mu_x, mu_y)
+        self_systems = [(*self_blocks(u_tr, c_tr), None)]
+        inv = _inverse_scale(torch.diagonal(u_tr), raw_sq, float(n[0]))
+        path_all = _ridge_eig_(u_tr, c_tr, inv)
     else:
         x_tr, y_tr = train_rows
         mu_x, mu_y = x_tr.mean(0), y_tr.mean(0)
         xc, vc = x_tr - mu_x, y_tr - mu_y
-        systems = [None] + [_centred_system(state, s, mu_x, mu_y) for s in (1, 2)]
         raw_sq = (x_tr * x_tr).sum(0)
         xp = xc.reshape(n[0], num_tokens, k_in)[:, pre:]
         vp = vc.reshape(n[0], num_patches, k)
         # self-only train moments with position fixed effects: sums over positions of per-position blocks
-        self_train = (torch.einsum("npi,npj->ij", xp, xp), torch.einsum("npi,npj->ij", xp, vp), None)
-        all_train = (xc, vc, None)
+        self_systems = [(torch.einsum("npi,npj->ij", xp, xp), torch.einsum("npi,npj->ij", xp, vp), None)]
+        path_all = _ridge_eig_from_rows(xc, vc, _inverse_scale((xc * xc).sum(0), raw_sq, float(n[0])))
+    u_tr = c_tr = xc = vc = xp = vp = None
     # One test denominator for both models: SST about the test split's own per-(position, dim) means.
     sst = float((state["sum_y2"][2] - state["sum_y"][2] ** 2 / n[2]).sum())
 
-    heldout = systems[1:]
-    models = {
-        "all": ([all_train] + [(u, c, v2.sum()) for u, c, v2 in heldout], raw_sq, float(n[0])),
-        "self": ([self_train] + [(*_self_blocks(u, c, num_tokens, num_patches, k_in, k), v2.sum())
-                                 for u, c, v2 in heldout],
-                 raw_sq.reshape(num_tokens, k_in)[pre:].sum(0), float(n[0] * num_patches)),
-    }
-    out = {}
-    for name, (sys_, raw, n_tr) in models.items():
-        (u_tr, c_tr, _), (u_va, c_va, v2_va), (u_te, c_te, v2_te) = sys_
-        if name == "all" and train_rows is not None:  # u_tr, c_tr are the centred rows here
-            path = _ridge_eig_from_rows(u_tr, c_tr, _inverse_scale((u_tr * u_tr).sum(0), raw, n_tr))
+    out, best = {}, {}
+    for s in (1, 2):
+        u, c, v2 = _centred_system(state, s, mu_x, mu_y)
+        self_systems.append((*self_blocks(u, c), v2.sum()))
+        if s == 1:
+            best["all"] = _choose_alpha(_heldout_sse_(path_all, u, c, v2.sum(), grid), alphas)
         else:
-            path = _ridge_eig(u_tr, c_tr, _inverse_scale(torch.diagonal(u_tr), raw, n_tr))
-        best = _choose_alpha(_heldout_sse(path, u_va, c_va, v2_va, grid), alphas)
-        sse_test = float(_heldout_sse(path, u_te, c_te, v2_te, grid[best : best + 1])[0])
-        out[f"r2_{name}"] = 1.0 - sse_test / sst if sst > 0 else float("nan")
-        out[f"alpha_{name}"] = float(alphas[best])
+            sse_test = float(_heldout_sse_(path_all, u, c, v2.sum(), grid[best["all"] : best["all"] + 1])[0])
+            out["r2_all"] = 1.0 - sse_test / sst if sst > 0 else float("nan")
+        u = c = None
+    path_all = None
+
+    (u_tr, c_tr, _), (u_va, c_va, v2_va), (u_te, c_te, v2_te) = self_systems
+    inv = _inverse_scale(torch.diagonal(u_tr), raw_sq.reshape(num_tokens, k_in)[pre:].sum(0),
+                         float(n[0] * num_patches))
+    path = _ridge_eig_(u_tr, c_tr, inv)
+    best["self"] = _choose_alpha(_heldout_sse_(path, u_va, c_va, v2_va, grid), alphas)
+    sse_test = float(_heldout_sse_(path, u_te, c_te, v2_te, grid[best["self"] : best["self"] + 1])[0])
+    out["r2_self"] = 1.0 - sse_test / sst if sst > 0 else float("nan")
+    out.update({f"alpha_{name}": float(alphas[i]) for name, i in best.items()})
     return {"isi_rec": out["r2_all"] - out["r2_self"], **out}
 
 
