@@ -58,9 +58,8 @@ summed, in that split's own Gram and cross-moment slots (exactly ``T k_in`` rows
 the same at every dataset size, and a batch costs a copy instead of a (D, D) update). The held-out
 splits' rows become moments at ``compute``, and a train split still stored as rows is solved
 through its n x n kernel, which gives the same ridge path as the Gram's eigendecomposition at n^3
-instead of (T k_in)^3 cost (for ViT-S below with 190 images, 0.09 s instead of 0.32 s per layer on
-2 CPU cores). :meth:`ReconstructionISI.state_dict` and ``merge`` turn stored rows into sums for
-good, so the exchanged state is always the additive sums.
+instead of (T k_in)^3 cost. :meth:`ReconstructionISI.state_dict` and ``merge`` turn stored rows
+into sums for good, so the exchanged state is always the additive sums.
 
 Cost and memory: per batch and split present, one ``(B, T k_in)^T (B, T k_in)`` and one
 ``(B, T k_in)^T (B, P k)`` float64 matmul. The state is ``3 ((T k_in)^2 + T k_in P k)`` float64
@@ -68,13 +67,15 @@ numbers per layer. For ViT-S/16 at 224 px (T = 197, P = 196, d = 384) the defaul
 ``k_in = min(32, 1024 // 197) = 5`` and ``k = 8``: ``T k_in = 985`` inputs, ``P k = 1568``
 outputs, 7.8 MB per Gram + 12.4 MB per cross-moment, **61 MB per layer** (3 splits) and
 **0.8 GB for layers 0..12**, held on the tokens' device. ``compute`` costs one eigendecomposition
-and two rotations of a (T k_in)² matrix per layer (about 0.3 s on two CPU cores at that size).
+and two rotations of a (T k_in)² matrix per layer (about 0.3 s on two CPU cores at that size
+with more than 985 train images; through the train kernel below that).
 
 Why the input width is capped at 1024 (design §4 said 2048): the cost of ``compute`` grows as
-the cube of ``T k_in`` and the state as its square, so 2048 made ``isi_rec`` alone cost 8x more
-(1.8 s per layer on a 2-core CPU, 24 s for ViT-S, and 2.2 GB of state), and the all-to-all model
-needs many more train images than inputs to be more than an overfit, which a width of 2048
-asks of few datasets. Pass ``k_in`` (``AnalyzeConfig.isi_k_in``) for a wider projection.
+the cube of ``T k_in`` and the state as its square, so 2048 made ``isi_rec`` cost 8x more
+(measured at that width: 1.8 s of fits per layer of ViT-S on a 2-core CPU, and 2.2 GB of
+state), and the all-to-all model needs many more train images than inputs to be more than an
+overfit, which a width of 2048 asks of few datasets. Pass ``k_in`` (``AnalyzeConfig.isi_k_in``)
+for a wider projection.
 
 Caveats a reader of the numbers needs:
 
