@@ -445,9 +445,9 @@ def _split_rows(splits, loaded) -> dict[str, np.ndarray]:
     return rows
 
 
-def _usable_split_rows(splits, usable, position, what, info) -> dict[str, np.ndarray] | None:
-    """Rows of each split usable at one layer; None (and a warning) when a split has none left there."""
-    rows = {s: np.flatnonzero((splits == i) & usable[:, position]) for i, s in enumerate(SPLITS)}
+def _usable_split_rows(splits, usable, what, info) -> dict[str, np.ndarray] | None:
+    """Rows of each split where ``usable`` (one flag per image); None (and a warning) when a split has none."""
+    rows = {s: np.flatnonzero((splits == i) & usable) for i, s in enumerate(SPLITS)}
     if all(len(r) for r in rows.values()):
         return rows
     info.setdefault("warnings", []).append(f"{what}: no finite features left in some split "
@@ -460,13 +460,12 @@ def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, cor
     rows, info = [], {"kind": "ridge", "standardize": True, "alpha": {}, "val_accuracy": {},
                       "nc_convention": "test split; centred by the mean of the class means; Σ_W pooled over samples "
                                        "(1/N); NC3 and NC4 use the ridge probe"}
-    _split_rows(splits, usable.any(axis=1))
     classes = np.arange(n_classes)
     want_nc = sorted(m for m in metrics if METRICS[m].family == "collapse")
     for ts, layer_names in cache.layers.items():
         for li, layer in enumerate(layer_names):
             position = tm.layer_names.index(layer)
-            split_rows = _usable_split_rows(splits, usable, position, f"probes of {ts}/{layer}", info)
+            split_rows = _usable_split_rows(splits, usable[:, position], f"probes of {ts}/{layer}", info)
             if split_rows is None:
                 continue
 
@@ -519,7 +518,7 @@ def _logistic_rows(name, tm, cache, labels, splits, usable, info, seed) -> list[
     from ..metrics.logistic import fit_logistic_probes
 
     # one stacked problem: every head sees the same images, those usable at every layer
-    split_rows = _usable_split_rows(splits, usable.all(axis=1)[:, None], 0, "logistic probes", info)
+    split_rows = _usable_split_rows(splits, usable.all(axis=1), "logistic probes", info)
     if split_rows is None:
         return []
     heads = [(ts, li, layer) for ts, names in cache.layers.items() for li, layer in enumerate(names)]
