@@ -1,7 +1,9 @@
 """Data layer: labelled image sources by spec, stratified splits, eval transforms and batching.
 
-Nothing here knows about models or metrics; the analysis pass asks a model adapter for its
-:class:`PreprocessConfig`, builds the transform and walks a source with :func:`iterate_batches`.
+Nothing here knows about models or metrics; the analysis pass asks a model adapter for its preprocessing (a
+:class:`PreprocessConfig` run through timm's own pipeline by :func:`build_transform`, a Hugging Face image
+processor (loaded by the ``hf:`` model adapter), or a torchvision weights' transform in a
+:class:`CallableTransform`) and walks a source with :func:`iterate_batches`.
 """
 
 from __future__ import annotations
@@ -19,18 +21,27 @@ from .splits import SPLITS as SPLITS
 from .splits import check_labels as check_labels
 from .splits import stratified_splits as stratified_splits
 from .splits import stratified_subset as stratified_subset
+from .transforms import CallableTransform as CallableTransform
+from .transforms import HFImageProcessorTransform as HFImageProcessorTransform
+from .transforms import ImageTransform as ImageTransform
 from .transforms import PreprocessConfig as PreprocessConfig
+from .transforms import apply_preprocess_overrides as apply_preprocess_overrides
 from .transforms import build_transform as build_transform
+from .transforms import to_rgb as to_rgb
 
 __all__ = [
     "SPLITS",
     "Batch",
+    "CallableTransform",
     "DataSource",
     "DigitsSource",
     "FolderSource",
+    "HFImageProcessorTransform",
     "ImageLoadError",
+    "ImageTransform",
     "PreprocessConfig",
     "SyntheticSource",
+    "apply_preprocess_overrides",
     "build_transform",
     "check_labels",
     "create_source",
@@ -38,4 +49,5 @@ __all__ = [
     "list_sources",
     "stratified_splits",
     "stratified_subset",
+    "to_rgb",
 ]

@@ -7,6 +7,8 @@ find and decode its images. Specs:
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download).
 - ``synthetic[:n=2000,classes=10,size=224]``: procedurally generated gratings, made lazily per item.
 - ``folder:PATH``: an ImageFolder tree ``PATH/<class>/<image>``.
+- ``folder:PATH:split=NAME``: one split of an ImageNet-style root, ``PATH/NAME/<class>/<image>``. A plain
+  ``folder:PATH`` whose folders are split names (``train``, ``val``, ...) is refused with this hint.
 
 Example:
     >>> src = create_source("synthetic:n=20,classes=4,size=32", seed=0)
@@ -23,6 +25,7 @@ import json
 import math
 import operator
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from .._errors import VitdepthError
+from .transforms import to_rgb
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -300,18 +304,26 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I;16") or img.mode == "I":
-        # 16-bit PNG/TIFF greyscale (PIL opens these as I or I;16): convert("RGB") would clip everything above
-        # 255 to white, so rescale the 16-bit range to 8 bits first.
-        arr = np.asarray(img, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        # Going through RGBA avoids PIL's warning about palette transparency.
-        img = img.convert("RGBA")
-    return img.convert("RGB")
+# Folder names that mark the splits of a dataset root (ImageNet-style ROOT/train/<class>/..., ROOT/val/<class>/...).
+_SPLIT_NAMES = frozenset({"train", "val", "validation", "valid", "test"})
+_VAL_NAMES = ("val", "validation", "valid")
+
+
+def _has_nested_images(folder: Path) -> bool:
+    """Whether some non-hidden subdirectory of ``folder`` holds an image (at any depth); stops at the first."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_dir() or _is_hidden(entry.name):
+            continue
+        for _dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+            if any(not _is_hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS) for f in filenames):
+                return True
+    return False
+
+
+def _list_names(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 class FolderSource(DataSource):
@@ -322,25 +334,38 @@ class FolderSource(DataSource):
     (case-insensitive): png, jpg, jpeg, bmp, gif, tif, tiff, webp. Hidden files and directories (``.ipynb_checkpoints``)
     are ignored. EXIF orientation is not applied, matching the eval pipelines pretrained models were scored with.
 
+    Dataset roots with splits (ImageNet-style ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>``) are
+    read one split at a time with ``split`` (spec ``folder:ROOT:split=val``): the class tree is then
+    ``ROOT/<split>``. Without ``split``, a root whose folders are split names (two or more of train, val,
+    validation, valid, test, or only such names) that hold subfolders with images is refused rather than read as
+    classes ``train`` and ``val``; ``split=.`` reads such a root as a class tree anyway.
+
     Args:
         spec: The spec string it was created from.
         path: Dataset root.
+        split: Subfolder of ``path`` that holds the class tree, or ``None`` for ``path`` itself.
 
     Raises:
-        VitdepthError: The path does not exist, is not a directory, or holds no class subdirectory with images.
+        VitdepthError: The path or split folder does not exist or is not a directory, the root looks like a
+            dataset root with splits and no ``split`` was given, or no class subdirectory holds images.
     """
 
     kind = "folder"
 
-    def __init__(self, spec: str, path: str | os.PathLike[str]) -> None:
+    def __init__(self, spec: str, path: str | os.PathLike[str], split: str | None = None) -> None:
         self.spec = spec
-        root = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-        if not root.exists():
-            raise VitdepthError(f"data folder '{root}' does not exist; check the path after 'folder:'")
-        if not root.is_dir():
+        given = os.fspath(path)
+        dataset_root = Path(os.path.abspath(os.path.expanduser(given)))
+        if not dataset_root.exists():
+            hint = " (the only folder option is ':split=NAME')" if re.search(r":\w+=", given) else ""
+            raise VitdepthError(f"data folder '{dataset_root}' does not exist{hint}; check the path after 'folder:'")
+        if not dataset_root.is_dir():
             raise VitdepthError(
-                f"data folder '{root}' is not a directory; pass the dataset root that holds one subdirectory per class"
+                f"data folder '{dataset_root}' is not a directory; "
+                "pass the dataset root that holds one subdirectory per class"
             )
+        self.split = split
+        root = dataset_root if split is None else self._split_dir(dataset_root, split)
         self.root = root
         class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
         if not class_dirs:
@@ -349,6 +374,8 @@ class FolderSource(DataSource):
             raise VitdepthError(
                 f"empty dataset: '{root}' has no class subdirectories{hint}; use the layout PATH/<class>/<image>"
             )
+        if split is None:
+            self._refuse_split_root(root, class_dirs)
         self.warnings = []
         self.class_names = []
         paths: list[str] = []
@@ -370,6 +397,40 @@ class FolderSource(DataSource):
             )
         self._paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
+
+    @staticmethod
+    def _split_dir(dataset_root: Path, split: str) -> Path:
+        if not split or os.path.isabs(split):
+            raise VitdepthError(
+                f"split {split!r} must name a folder inside '{dataset_root}'; use e.g. folder:{dataset_root}:split=val"
+            )
+        folder = Path(os.path.normpath(dataset_root / split))
+        if not folder.is_dir():
+            subdirs = sorted(e.name for e in os.scandir(dataset_root) if e.is_dir() and not _is_hidden(e.name))
+            has = f"its folders are {_list_names(subdirs)}" if subdirs else "it has no subfolders"
+            raise VitdepthError(
+                f"no split folder '{split}' in '{dataset_root}' ({has}); pass folder:{dataset_root}:split=NAME "
+                "with one of them"
+            )
+        return folder
+
+    @staticmethod
+    def _refuse_split_root(root: Path, class_dirs: list[str]) -> None:
+        # ImageNet-style ROOT/{train,val}/<class>/<image> read as a class tree would give the classes "train" and
+        # "val" and a meaningless score: a refusal is better than a wrong number.
+        split_like = [d for d in class_dirs if d.lower() in _SPLIT_NAMES]
+        if not split_like or (len(split_like) < 2 and len(split_like) != len(class_dirs)):
+            return
+        nested = [d for d in split_like if _has_nested_images(root / d)]
+        if not nested:
+            return
+        pick = next((d for d in nested if d.lower() in _VAL_NAMES), nested[0])
+        others = [d for d in nested if d != pick]
+        alt = f" (or {' or '.join(others)})" if others else ""
+        raise VitdepthError(
+            f"'{root}' looks like a dataset root with splits {', '.join(nested)}, not a class tree: "
+            f"pass folder:{root}:split={pick}{alt}, or folder:{root}:split=. to read its folders as classes"
+        )
 
     @staticmethod
     def _scan(class_dir: Path) -> list[str]:
@@ -394,7 +455,7 @@ class FolderSource(DataSource):
                 # now (PIL's LOAD_TRUNCATED_IMAGES is left off on purpose) rather than later in the transform.
                 img.load()
                 # Leaving the with-block closes only the file; the decoded pixels stay valid.
-                return _to_rgb(img)
+                return to_rgb(img)
         except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, ValueError, EOFError ...
             # PIL often repeats the path in its message; the name already carries it.
             reason = str(exc).replace(f" '{path}'", "").replace(path, "file") or "decode failed"
@@ -412,7 +473,9 @@ class FolderSource(DataSource):
 
     def identity(self) -> dict[str, Any]:  # noqa: D102 - documented on DataSource
         out = super().identity()
+        # root is the class tree (ROOT/<split> when a split was given); split is None for a plain folder:PATH.
         out["root"] = str(self.root)
+        out["split"] = self.split
         return out
 
 
@@ -455,7 +518,16 @@ def _parse_digits(spec: str, options: str | None, seed: int) -> DigitsSource:
 def _parse_folder(spec: str, options: str | None, seed: int) -> FolderSource:
     if not options:
         raise VitdepthError(f"'{spec}' names no folder; use folder:PATH with PATH/<class>/<image>")
-    return FolderSource(spec, options)
+    # The last ':split=' wins, so a path that itself contains ':' still parses.
+    path, sep, split = options.rpartition(":split=")
+    if not sep:
+        return FolderSource(spec, options)
+    path, split = path.strip(), split.strip()
+    if not path:
+        raise VitdepthError(f"'{spec}' names no folder; use folder:PATH:split=NAME with PATH/NAME/<class>/<image>")
+    if not split:
+        raise VitdepthError(f"'{spec}' has an empty split name; use e.g. folder:{path}:split=val")
+    return FolderSource(spec, path, split=split)
 
 
 # kind -> (factory, example spec, one-line description). Order is the order list_sources() shows.
@@ -466,7 +538,11 @@ _SOURCES: dict[str, tuple[Callable[[str, str | None, int], DataSource], str, str
         "synthetic:n=2000,classes=10,size=224",
         "generated gratings (class sets orientation, frequency, hue); any size and count, seeded",
     ),
-    "folder": (_parse_folder, "folder:PATH", "an ImageFolder tree PATH/<class>/<image> (png, jpg, ...)"),
+    "folder": (
+        _parse_folder,
+        "folder:PATH",
+        "an ImageFolder tree PATH/<class>/<image> (png, jpg, ...); folder:PATH:split=val reads PATH/val/<class>/...",
+    ),
 }
 
 
@@ -483,7 +559,8 @@ def create_source(spec: str, seed: int = 0) -> DataSource:
     """Create a data source from a spec string.
 
     Args:
-        spec: ``digits``, ``synthetic[:key=value,...]`` (keys ``n``, ``classes``, ``size``) or ``folder:PATH``.
+        spec: ``digits``, ``synthetic[:key=value,...]`` (keys ``n``, ``classes``, ``size``), ``folder:PATH`` or
+            ``folder:PATH:split=NAME``.
         seed: Seed for sources that generate data (``synthetic``); ignored by the others.
 
     Returns:

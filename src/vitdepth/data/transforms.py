@@ -1,9 +1,18 @@
-"""Eval-time image preprocessing: resize, center crop, normalise.
+"""Eval-time image preprocessing, done by the libraries the weights come from.
 
-This is the timm eval pipeline (``timm/data/transforms_factory.py``, ``transforms_imagenet_eval``) rebuilt
-on PIL and numpy so that the data layer needs no torchvision. A model adapter reports the
-:class:`PreprocessConfig` its weights were trained with; :func:`build_transform` turns it into a callable
-that maps an RGB PIL image to a normalised ``float32`` tensor of shape ``(3, H, W)``.
+The reason is parity: a model's features are only comparable across tools when its images are prepared exactly as
+its own library prepares them, and small re-implementations drift (resize rounding, non-square sizes, crop
+modes). So nothing here resizes or normalises pixels itself:
+
+- :func:`build_transform` turns a :class:`PreprocessConfig` (what a timm model's pretrained config says) into
+  timm's own eval pipeline, ``timm.data.create_transform(..., is_training=False)``.
+- :class:`HFImageProcessorTransform` calls a Hugging Face image processor (loaded by the ``hf:`` adapter).
+- :class:`CallableTransform` wraps any other callable, e.g. a torchvision weights' ``transforms()``.
+
+All three first convert the PIL image to RGB with :func:`to_rgb` (16-bit greyscale rescaled rather than clipped,
+alpha dropped, as timm's dataset loader does), return a ``float32`` tensor of shape ``(3, H, W)``, expose that
+shape as ``output_shape``, describe themselves with ``to_dict()`` for ``run.json`` and pickle, which DataLoader
+workers started with ``spawn`` (macOS, Windows) require.
 
 Example:
     >>> from PIL import Image
@@ -14,7 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import enum
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,32 +37,66 @@ from PIL import Image
 
 from .._errors import VitdepthError
 
-__all__ = ["PreprocessConfig", "ImageTransform", "build_transform"]
+__all__ = [
+    "CROP_MODES",
+    "INTERPOLATIONS",
+    "CallableTransform",
+    "HFImageProcessorTransform",
+    "ImageTransform",
+    "PreprocessConfig",
+    "apply_preprocess_overrides",
+    "build_transform",
+    "to_rgb",
+]
 
-# Pillow >= 9.1 moved the filters to Image.Resampling; the plain constants remain for older versions.
-_Resampling = getattr(Image, "Resampling", Image)
-_INTERPOLATIONS = {
-    "bicubic": _Resampling.BICUBIC,
-    "bilinear": _Resampling.BILINEAR,
-    "nearest": _Resampling.NEAREST,
-}
+# timm's eval resize filters (timm.data.transforms.str_to_interp_mode) and crop modes (transforms_imagenet_eval).
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")
+CROP_MODES = ("center", "squash", "border")
 
 
 def _bad_param(name: str, owner: str, requirement: str, value: Any) -> VitdepthError:
     return VitdepthError(f"The '{name}' parameter of {owner} must be {requirement}. Got {value!r} instead.")
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to RGB.
+
+    16-bit greyscale (PNG/TIFF opened as ``I`` or ``I;16``) is rescaled to 8 bits first, because
+    ``convert("RGB")`` would clip everything above 255 to white. Alpha is dropped, not composited, as
+    ``img.convert("RGB")`` in timm's and torchvision's dataset loaders does.
+
+    Args:
+        img: The image.
+
+    Returns:
+        The image in RGB mode (the same object when it already is).
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        # Going through RGBA avoids PIL's warning about palette transparency.
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How a model expects its input images.
+    """How a timm-style model expects its input images: the arguments of timm's eval ``create_transform``.
 
     Attributes:
         input_size: ``(H, W)`` of the tensor the model consumes.
         mean: Per-channel RGB mean subtracted after scaling pixels to ``[0, 1]``.
         std: Per-channel RGB standard deviation divided out after subtracting ``mean``.
-        interpolation: Resampling filter for the resize: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
-        crop_pct: timm's convention: the image is resized so that it covers ``round(size / crop_pct)`` and
-            then center-cropped to ``input_size``; ``1.0`` resizes straight to the crop size.
+        interpolation: Resize filter, one of timm's: ``"bicubic"``, ``"bilinear"``, ``"nearest"``, ``"box"``,
+            ``"hamming"``, ``"lanczos"``.
+        crop_pct: timm's convention: the resize targets ``floor(size / crop_pct)`` and the result is
+            center-cropped to ``input_size``; ``1.0`` resizes straight to the crop size.
+        crop_mode: timm's eval crop mode: ``"center"`` resizes the short side (aspect kept) and crops,
+            ``"squash"`` resizes each side independently (aspect not kept) and crops, ``"border"`` fits the long
+            side and pads with the mean colour.
     """
 
     input_size: tuple[int, int]
@@ -57,6 +104,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         owner = "PreprocessConfig"
@@ -73,11 +121,13 @@ class PreprocessConfig:
             object.__setattr__(self, name, tuple(float(v) for v in value))
         if not all(s > 0 for s in self.std):
             raise _bad_param("std", owner, "3 positive floats", self.std)
-        if self.interpolation not in _INTERPOLATIONS:
-            raise _bad_param("interpolation", owner, f"one of {sorted(_INTERPOLATIONS)}", self.interpolation)
+        if self.interpolation not in INTERPOLATIONS:
+            raise _bad_param("interpolation", owner, f"one of {sorted(INTERPOLATIONS)}", self.interpolation)
         if not (isinstance(self.crop_pct, (int, float)) and math.isfinite(self.crop_pct) and self.crop_pct > 0):
             raise _bad_param("crop_pct", owner, "a float in the range (0, inf)", self.crop_pct)
         object.__setattr__(self, "crop_pct", float(self.crop_pct))
+        if self.crop_mode not in CROP_MODES:
+            raise _bad_param("crop_mode", owner, f"one of {list(CROP_MODES)}", self.crop_mode)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; ``PreprocessConfig(**cfg.to_dict())`` rebuilds an equal config."""
@@ -87,14 +137,15 @@ class PreprocessConfig:
             "std": list(self.std),
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
         }
 
 
 class ImageTransform:
-    """Callable built by :func:`build_transform`.
+    """timm's eval pipeline for a :class:`PreprocessConfig`; built by :func:`build_transform`.
 
-    A class rather than a closure so that it pickles, which DataLoader workers started with ``spawn``
-    (macOS, Windows) require.
+    Holds ``timm.data.create_transform(input_size=(3, H, W), is_training=False, interpolation, mean, std,
+    crop_pct, crop_mode)`` as ``pipeline``. Pickles as its config and rebuilds the pipeline on unpickling.
 
     Args:
         cfg: The preprocessing to apply.
@@ -102,11 +153,21 @@ class ImageTransform:
 
     def __init__(self, cfg: PreprocessConfig) -> None:
         self.cfg = cfg
-        self._resample = _INTERPOLATIONS[cfg.interpolation]
-        h, w = cfg.input_size
-        self._scale_size = (max(h, round(h / cfg.crop_pct)), max(w, round(w / cfg.crop_pct)))
-        self._mean = np.asarray(cfg.mean, dtype=np.float32) * 255.0
-        self._inv_std = 1.0 / (np.asarray(cfg.std, dtype=np.float32) * 255.0)
+        self.pipeline = self._build(cfg)
+
+    @staticmethod
+    def _build(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
+        from timm.data import create_transform
+
+        return create_transform(
+            input_size=(3, *cfg.input_size),
+            is_training=False,
+            interpolation=cfg.interpolation,
+            mean=cfg.mean,
+            std=cfg.std,
+            crop_pct=cfg.crop_pct,
+            crop_mode=cfg.crop_mode,
+        )
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -117,47 +178,351 @@ class ImageTransform:
         """Preprocess one image.
 
         Args:
-            img: A PIL image; non-RGB modes are converted to RGB first.
+            img: A PIL image of any mode; converted with :func:`to_rgb` first.
 
         Returns:
             A ``float32`` tensor of shape ``(3, H, W)``.
         """
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        out_h, out_w = self.cfg.input_size
-        scale_h, scale_w = self._scale_size
-        # One scale factor for both axes keeps the aspect ratio. For a square input_size this is timm's "resize the
-        # shorter side to size / crop_pct"; for a non-square one it is the smallest scale whose result still covers
-        # the crop, where timm would stretch the image to (H, W) / crop_pct instead.
-        scale = max(scale_h / img.height, scale_w / img.width)
-        new_w = max(out_w, round(img.width * scale))
-        new_h = max(out_h, round(img.height * scale))
-        if (new_w, new_h) != img.size:
-            img = img.resize((new_w, new_h), resample=self._resample)
-        # Same rounding as torchvision's center_crop, so crops match timm's eval pipeline pixel for pixel.
-        top = int(round((new_h - out_h) / 2.0))
-        left = int(round((new_w - out_w) / 2.0))
-        arr = np.asarray(img.crop((left, top, left + out_w, top + out_h)), dtype=np.float32)
-        arr = (arr - self._mean) * self._inv_std
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return self.pipeline(to_rgb(img)).to(torch.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Describe the transform for ``run.json``: the config and the timm steps it runs."""
+        steps = getattr(self.pipeline, "transforms", [self.pipeline])
+        return {
+            "kind": "timm",
+            "function": "timm.data.create_transform",
+            **self.cfg.to_dict(),
+            "steps": [" ".join(repr(s).split()) for s in steps],
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cfg = state["cfg"]
+        self.pipeline = self._build(self.cfg)
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.cfg!r})"
 
 
 def build_transform(cfg: PreprocessConfig) -> ImageTransform:
-    """Build the eval transform for a preprocessing config.
+    """Build the eval transform for a preprocessing config: timm's own ``create_transform``.
 
-    Resizes with ``cfg.interpolation`` so the image covers ``round(size / crop_pct)`` (aspect ratio kept),
-    center-crops to ``cfg.input_size``, scales to ``[0, 1]`` and normalises by ``cfg.mean`` / ``cfg.std``.
-    Images smaller than the target (digits are 8x8) are upsampled the same way.
+    The image is converted to RGB, then run through ``timm.data.create_transform(input_size=(3, H, W),
+    is_training=False, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct,
+    crop_mode=cfg.crop_mode)``: with the default ``"center"`` mode, resize so the short side is
+    ``floor(size / crop_pct)`` (224 at crop_pct 0.9 gives 248), center-crop to ``cfg.input_size``, scale to
+    ``[0, 1]`` and normalise. Images smaller than the target (digits are 8x8) are upsampled the same way.
 
     Args:
         cfg: The model's preprocessing config.
 
     Returns:
-        A picklable callable mapping an RGB PIL image to a ``float32`` tensor of shape ``(3, H, W)``.
+        A picklable callable mapping a PIL image to a ``float32`` tensor of shape ``(3, H, W)``.
     """
     if not isinstance(cfg, PreprocessConfig):
         raise _bad_param("cfg", "build_transform", "a PreprocessConfig", cfg)
     return ImageTransform(cfg)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-ready form of a processor setting (SizeDict, enums, tuples, tensors)."""
+    if isinstance(value, enum.Enum):
+        return value.value if isinstance(value.value, str) else value.name.lower()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+# PIL's resampling filter codes (Image.Resampling), as Hugging Face processor configs store them.
+_PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _resample_name(value: Any) -> Any:
+    """A resample setting as a filter name: processors saved to JSON hold PIL's int codes (3 is bicubic)."""
+    if isinstance(value, int) and not isinstance(value, (bool, enum.Enum)):
+        return _PIL_FILTERS.get(value, value)
+    return _jsonable(value)
+
+
+def _probe_shape(transform: Callable[[Image.Image], torch.Tensor], what: str) -> tuple[int, int, int]:
+    """Run two small blank images of opposite aspect through ``transform`` and return the shared output shape."""
+    shapes = set()
+    for size in ((64, 48), (48, 64)):
+        out = transform(Image.new("RGB", size, (128, 128, 128)))
+        if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[0] != 3:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise VitdepthError(f"{what} must turn an image into a (3, H, W) tensor, got {got}; check its settings")
+        shapes.add(tuple(int(s) for s in out.shape))
+    if len(shapes) > 1:
+        raise VitdepthError(
+            f"{what} gives images of different sizes {sorted(shapes)} for different aspect ratios; "
+            "it needs a fixed output size (a crop size, or a resize to height and width)"
+        )
+    return shapes.pop()  # type: ignore[return-value]
+
+
+def _float_output(out: Any, what: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        got = f"{out.dtype} tensor" if isinstance(out, torch.Tensor) else type(out).__name__
+        # An integer tensor would be silently cast to 0..255 floats: refuse instead.
+        raise VitdepthError(f"{what} returned a {got}, expected a normalised float tensor; check its settings")
+    return out.to(torch.float32)
+
+
+# Processor settings recorded by HFImageProcessorTransform.to_dict(), in this order, where the processor has them.
+_HF_SETTINGS = (
+    "do_convert_rgb",
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_pad",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+
+
+class HFImageProcessorTransform:
+    """A Hugging Face image processor as a transform: PIL image to RGB, then the processor itself.
+
+    Calls ``processor(images=to_rgb(img), return_tensors="pt")["pixel_values"][0]``. The output shape is found
+    once, at construction, by running two small blank images of opposite aspect through it; a processor whose
+    output size depends on the input (e.g. ``shortest_edge`` resize without a crop) is refused, since batches need
+    one size.
+
+    Args:
+        processor: A ``transformers`` image processor (e.g. from ``AutoImageProcessor.from_pretrained``).
+        source: Where it was loaded from, recorded by :meth:`to_dict`.
+
+    Raises:
+        VitdepthError: The processor does not give one fixed ``(3, H, W)`` float tensor per image.
+    """
+
+    def __init__(self, processor: Any, source: str | None = None) -> None:
+        self.processor = processor
+        self.source = source
+        self._what = f"image processor {type(processor).__name__}" + (f" from '{source}'" if source else "")
+        self._output_shape = _probe_shape(self, self._what)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """``(3, H, W)`` of every tensor this transform returns."""
+        return self._output_shape
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """Preprocess one image.
+
+        Args:
+            img: A PIL image of any mode; converted with :func:`to_rgb` first.
+
+        Returns:
+            A ``float32`` tensor of shape ``(3, H, W)``.
+        """
+        out = self.processor(images=to_rgb(img), return_tensors="pt")["pixel_values"]
+        return _float_output(out[0], self._what)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Describe the transform for ``run.json``: processor class, source and its main settings."""
+        out: dict[str, Any] = {
+            "kind": "hf_image_processor",
+            "processor_class": type(self.processor).__name__,
+            "source": self.source,
+            "output_shape": list(self._output_shape),
+        }
+        for key in _HF_SETTINGS:
+            value = getattr(self.processor, key, None)
+            if value is not None:
+                out[key] = _resample_name(value) if key == "resample" else _jsonable(value)
+        return out
+
+    describe = to_dict
+
+    def __repr__(self) -> str:
+        return f"HFImageProcessorTransform({type(self.processor).__name__}, output_shape={self._output_shape})"
+
+
+# Files that hold a Hugging Face image processor's settings in a model directory.
+
+
+
+# Attributes of torchvision's weights transforms (ImageClassification) worth recording.
+_CALLABLE_SETTINGS = ("resize_size", "crop_size", "interpolation", "antialias", "mean", "std")
+
+
+class CallableTransform:
+    """Any image callable (e.g. ``torchvision`` weights' ``transforms()``) as a transform: RGB first, then ``fn``.
+
+    ``fn`` must map an RGB PIL image to a float ``(3, H, W)`` tensor of fixed size; this is checked once at
+    construction. Picklable when ``fn`` is (torchvision's ``ImageClassification`` is).
+
+    Example:
+        >>> from torchvision.models import get_model_weights
+        >>> weights = get_model_weights("vit_b_16").DEFAULT
+        >>> t = CallableTransform(weights.transforms(), {"weights": str(weights)})
+        >>> t.output_shape
+        (3, 224, 224)
+
+    Args:
+        fn: The callable.
+        description: JSON-ready facts about it for :meth:`to_dict`; merged over what is read off ``fn``
+            (its class and, where present, ``resize_size``, ``crop_size``, ``interpolation``, ``antialias``,
+            ``mean``, ``std``).
+
+    Raises:
+        VitdepthError: ``fn`` does not give one fixed ``(3, H, W)`` float tensor per image.
+    """
+
+    def __init__(self, fn: Callable[[Image.Image], torch.Tensor], description: Mapping[str, Any] | None = None):
+        if not callable(fn):
+            raise _bad_param("fn", "CallableTransform", "callable", fn)
+        self.fn = fn
+        cls = type(fn)
+        found: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+        for key in _CALLABLE_SETTINGS:
+            value = getattr(fn, key, None)
+            if value is not None:
+                found[key] = _jsonable(value)
+        self.description = {**found, **_jsonable(dict(description or {}))}
+        self._what = f"transform {cls.__qualname__}"
+        self._output_shape = _probe_shape(self, self._what)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """``(3, H, W)`` of every tensor this transform returns."""
+        return self._output_shape
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """Preprocess one image.
+
+        Args:
+            img: A PIL image of any mode; converted with :func:`to_rgb` first.
+
+        Returns:
+            A ``float32`` tensor of shape ``(3, H, W)``.
+        """
+        return _float_output(self.fn(to_rgb(img)), self._what)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Describe the transform for ``run.json``."""
+        return {"kind": "callable", "output_shape": list(self._output_shape), **self.description}
+
+    def __repr__(self) -> str:
+        return f"CallableTransform({self.fn!r})".replace("\n", " ")
+
+
+# apply_preprocess_overrides: key -> (example, parser). Parsers raise ValueError with what is wrong.
+def _parse_floats3(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != 3 or not all(math.isfinite(p) for p in parts):
+        raise ValueError("needs 3 comma-separated finite numbers (R,G,B)")
+    return parts[0], parts[1], parts[2]
+
+
+def _parse_std(text: str) -> tuple[float, float, float]:
+    std = _parse_floats3(text)
+    if not all(s > 0 for s in std):
+        raise ValueError("needs 3 positive numbers")
+    return std
+
+
+def _parse_input_size(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p >= 1 for p in parts):
+        raise ValueError("needs 1 or 2 comma-separated positive integers (H,W)")
+    return parts[0], parts[1]
+
+
+def _parse_crop_pct(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("needs a positive number")
+    return value
+
+
+def _parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.lower()
+        if value not in choices:
+            raise ValueError(f"needs one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+_OVERRIDES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "mean": ("mean=0.5,0.5,0.5", _parse_floats3),
+    "std": ("std=0.5,0.5,0.5", _parse_std),
+    "interpolation": ("interpolation=bicubic", _parse_choice(INTERPOLATIONS)),
+    "crop_pct": ("crop_pct=0.9", _parse_crop_pct),
+    "crop_mode": ("crop_mode=squash", _parse_choice(CROP_MODES)),
+    "input_size": ("input_size=224,224", _parse_input_size),
+}
+
+
+def apply_preprocess_overrides(cfg: PreprocessConfig, items: list[str]) -> PreprocessConfig:
+    """Apply ``KEY=VALUE`` overrides from the command line to a preprocessing config.
+
+    Keys: ``mean`` and ``std`` (3 comma-separated numbers, ``mean=0.5,0.5,0.5``), ``interpolation``
+    (``bicubic``, ``bilinear``, ...), ``crop_pct`` (``0.9``), ``crop_mode`` (``center``, ``squash``, ``border``)
+    and ``input_size`` (``224,224`` as H,W, or ``224`` for a square). Keys are case-insensitive and ``-`` may
+    stand for ``_``.
+
+    Args:
+        cfg: The model's own config.
+        items: The override strings, e.g. ``["crop_pct=1.0", "input_size=256"]``.
+
+    Returns:
+        A new config with the overrides applied (``cfg`` itself is not changed).
+
+    Raises:
+        VitdepthError: An item is not ``KEY=VALUE``, names an unknown key, repeats a key or has a bad value.
+    """
+    if isinstance(items, str):
+        items = [items]
+    changes: dict[str, Any] = {}
+    valid = ", ".join(_OVERRIDES)
+    for item in items:
+        raw = str(item)
+        shown = " ".join(raw.split())
+        key, sep, text = (s.strip() for s in raw.partition("="))
+        key = key.lower().replace("-", "_")
+        if not sep or not key:
+            raise VitdepthError(
+                f"preprocess override '{shown}' is not KEY=VALUE; use e.g. crop_pct=1.0 (keys: {valid})"
+            )
+        if key not in _OVERRIDES:
+            close = difflib.get_close_matches(key, list(_OVERRIDES), n=2, cutoff=0.5)
+            hint = " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)" if close else ""
+            raise VitdepthError(f"unknown preprocess override '{key}'{hint}; valid keys: {valid}")
+        if key in changes:
+            raise VitdepthError(f"preprocess override '{key}' is given twice; keep one")
+        example, parse = _OVERRIDES[key]
+        try:
+            changes[key] = parse(text)
+        except ValueError as exc:
+            # float()/int() errors quote the text; our own messages say what the key needs.
+            need = str(exc) if str(exc).startswith("needs") else "has a malformed value"
+            raise VitdepthError(f"preprocess override '{shown}': {key} {need}; e.g. {example}") from exc
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except VitdepthError as exc:
+        shown = " ".join(" ".join(str(i).split()) for i in items)
+        raise VitdepthError(f"preprocess overrides '{shown}' give an invalid config: {exc}") from exc
