@@ -117,7 +117,7 @@ def test_hf_taps_equal_hidden_states_and_eager_attentions(hf_dirs, kind):
 
 def test_hooks_are_removed_after_capture():
     tm = wrap_timm(tiny_timm_vit(), "test", {})
-    modules = [tm.sites.patch_proj, *tm.sites.blocks, *tm.sites.mid_norms]
+    modules = [tm.sites.patch_proj, *tm.sites.blocks, *tm.sites.mid_sites]
     before = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in modules]
     seen: list[LayerTaps] = []
 

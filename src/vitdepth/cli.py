@@ -16,10 +16,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="one streaming pass: per-layer metrics, probes, run directory")
-    a.add_argument("model", help="model spec, e.g. timm:vit_small_patch16_224, hf:DIR, file:DIR (see `vitdepth "
-                                 "models`)")
+    a.add_argument("model", help="model spec, e.g. timm:vit_small_patch16_224, hf:DIR, torchvision:vit_b_16, "
+                                 "file:DIR (see `vitdepth models` and docs/models.md)")
     a.add_argument("--data", default="digits", help="data spec: digits, synthetic[:n=..,classes=..,size=..], "
-                                                    "folder:PATH (default: digits)")
+                                                    "folder:PATH[:split=val] (default: digits)")
     a.add_argument("--out", required=True, help="run directory to write")
     a.add_argument("--samples", type=int, default=None, help="analyze a stratified subset of N images")
     a.add_argument("--batch-size", type=int, default=32)
@@ -35,6 +35,15 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     a.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     a.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    a.add_argument("--no-self-check", action="store_true",
+                   help="skip comparing the taps with the model's own attention and hidden states on the first "
+                        "images (on by default: attention that does not match is not reported)")
+    a.add_argument("--image-size", type=int, default=None,
+                   help="run the model at this input size (timm: position embeddings resampled; Hugging Face: "
+                        "interpolate_pos_encoding); recorded in run.json")
+    a.add_argument("--preprocess", action="append", default=None, metavar="KEY=VALUE",
+                   help="override the model's preprocessing: mean=R,G,B std=R,G,B interpolation=bicubic|bilinear|"
+                        "nearest crop_pct=F crop_mode=center|squash|border (repeatable); recorded in run.json")
 
     t = sub.add_parser("train", help="train the sizes of a ViT family with one recipe (resumable, torchrun-ready)")
     t.add_argument("--recipe", required=True, help="shipped recipe name (digits, synthetic, imagenet-deit) or a "
@@ -75,7 +84,9 @@ def _cmd_analyze(args) -> int:
     cfg = AnalyzeConfig(model=args.model, data=args.data, out=args.out, samples=args.samples,
                         batch_size=args.batch_size, device=args.device, seed=args.seed, checkpoint=args.checkpoint,
                         random_init=args.random_init, quiet=args.quiet, overwrite=args.overwrite,
-                        strict=args.strict, name=args.name, metrics=args.metrics, probe=args.probe)
+                        strict=args.strict, name=args.name, metrics=args.metrics, probe=args.probe,
+                        self_check=not args.no_self_check, image_size=args.image_size,
+                        preprocess=tuple(args.preprocess or ()))
     out = analyze(cfg)
     if not args.quiet:
         print(summarize(out))

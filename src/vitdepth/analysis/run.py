@@ -26,6 +26,7 @@ from .. import __version__
 from .._errors import VitdepthError
 from ..data import (
     SPLITS,
+    apply_preprocess_overrides,
     build_transform,
     check_labels,
     create_source,
@@ -78,6 +79,9 @@ class AnalyzeConfig:
     probe: str | None = None  # --probe logistic adds the softmax-regression probe to the selection
     isi_k: int = 8
     isi_k_in: int | None = None
+    self_check: bool = True  # compare taps with the model's own attention / hidden states on the first images
+    image_size: int | None = None  # --image-size: run the model at this input size
+    preprocess: tuple[str, ...] = ()  # --preprocess KEY=VALUE overrides of the model's preprocessing
     extra: dict = field(default_factory=dict)
 
 
@@ -212,9 +216,15 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     if cfg.probe == "logistic":
         metrics |= {"probe_acc_logistic"}
     tm = create_model(cfg.model, checkpoint=cfg.checkpoint, random_init=cfg.random_init, seed=cfg.seed,
-                      device=device)
-    transform = build_transform(tm.preprocess)
+                      device=device, image_size=cfg.image_size)
+    if cfg.preprocess:  # explicit overrides replace the library's own transform with timm's, as configured
+        tm.preprocess = apply_preprocess_overrides(tm.preprocess, list(cfg.preprocess))
+        tm.transform = None
+    transform = tm.transform if tm.transform is not None else build_transform(tm.preprocess)
     name = _display_name(cfg)
+    check = None
+    if cfg.self_check:
+        check, metrics = _run_self_check(tm, source, indices, transform, device, metrics, cfg)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -222,7 +232,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics)
+        _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics, check)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -232,7 +242,40 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     return out
 
 
-def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics) -> None:
+#: Images the self-check compares (the first readable ones of the selection): enough for every code path,
+#: cheap next to the pass (two extra forwards of this many images).
+SELF_CHECK_IMAGES = 4
+
+
+def _run_self_check(tm, source, indices, transform, device, metrics, cfg):
+    """Compare the taps with the model's own computation on the first images, before the pass.
+
+    Tokens that differ stop the run; attention that differs or cannot be verified removes the attention metrics
+    (the reason goes to run.json, the console and the report).
+    """
+    from ..models.selfcheck import self_check
+
+    batch = next(iter(iterate_batches(source, indices[:4 * SELF_CHECK_IMAGES], transform, SELF_CHECK_IMAGES,
+                                      strict=False, num_workers=0)), None)
+    if batch is None or len(batch.indices) == 0:
+        return None, metrics
+    check = self_check(tm, batch.images.to(device, tm.dtype))
+    if check.tokens == "failed":
+        raise VitdepthError(f"self-check failed for {cfg.model}: {check.reason}; vitdepth cannot tap this model "
+                            "correctly (please report it; --no-self-check skips the check at your own risk)")
+    if not cfg.quiet:
+        print(check.summary(), file=sys.stderr)
+    if check.attention != "verified" and metrics & ATTENTION_IDS:
+        dropped = sorted(metrics & ATTENTION_IDS)
+        metrics = metrics - ATTENTION_IDS
+        check.reason = f"{', '.join(dropped)} not reported: {check.reason}"
+        if not cfg.quiet:
+            print(f"vitdepth: warning: {check.reason}", file=sys.stderr)
+    return check, metrics
+
+
+def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics,
+                  check=None) -> None:
     n = len(indices)
     layers = tm.layer_names
     dim = tm.sites.patch_proj.out_channels
@@ -242,7 +285,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     cache = FeatureCache.create(tmp / "cache", cache_layers, n, dim)
     isi_rec = None
     if metrics & ISI_REC_IDS:
-        num_tokens = len(tm.prefix_names) + _num_patches(tm)
+        num_tokens = tm.sites.num_prefix + _num_patches(tm)
         isi_rec = {layer: ReconstructionISI(dim, num_tokens, _num_patches(tm), k=cfg.isi_k, k_in=cfg.isi_k_in,
                                             seed=cfg.seed) for layer in layers[1:]}
     state = _Pass(tm, n, cache, metrics, splits, isi_rec)
@@ -294,9 +337,18 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
                         **{m: v[loaded] for m, v in state.curves.state_dict().items()},
                         **{f"probe_correct_{ts}": v[loaded] for ts, v in correct_store.items()})
     with stages("truncation_s", "truncation estimate"):
-        truncation = _truncation(tm, rows_out, device, cfg, state)
+        try:
+            truncation = _truncation(tm, rows_out, device, cfg, state)
+        except Exception as e:  # noqa: BLE001 - an optional estimate must never lose a finished pass
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            truncation = {"error": f"{type(e).__name__}: {first}"}
 
     warn = list(tm.sites.warnings) + list(getattr(source, "warnings", []))
+    if check is not None and check.reason:
+        warn.append(f"self-check: {check.reason}")
+    if truncation is not None and "error" in truncation:
+        warn.append(f"truncation estimate not available: {truncation['error']}")
+        truncation = None
     nonfinite = (~state.finite[loaded]).sum(axis=0)
     for layer, count in zip(layers, nonfinite, strict=True):
         if count:
@@ -316,7 +368,9 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
         "command": "analyze",
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"} | cfg.extra,
         "model": {"name": name, **tm.identity, "layers": layers, "embed_dim": dim,
-                  "preprocess": tm.preprocess.to_dict(), "dtype": str(tm.dtype), "device": str(device)},
+                  "preprocess": tm.preprocess.to_dict(), "dtype": str(tm.dtype), "device": str(device),
+                  "block_layout": sorted(set(tm.sites.layouts)),
+                  "attention_source": sorted(set(tm.sites.attention_source)), "transform": _transform_record(tm, cfg)},
         "data": {**source.identity(), "analyzed": int(loaded.sum()), "selected": n, "splits": counts,
                  "split_fractions": list(cfg.split_fractions), "skipped": skipped},
         "metrics": {"selected": sorted(metrics), "spec": cfg.metrics or "all", "not_applicable": not_applicable,
@@ -327,6 +381,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
         "versions": _versions(),
         "timings": {"pass_s": t_pass, "images_per_s": float(loaded.sum()) / t_pass, **stages.seconds},
         "truncation": truncation,
+        "self_check": None if check is None else check.to_dict(),
         "warnings": warn,
     }
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
@@ -345,6 +400,13 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     run["timings"].update(stages.seconds)
     run["timings"]["total_s"] = time.perf_counter() - t_start
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
+
+
+def _transform_record(tm, cfg) -> dict:
+    """What preprocessing ran: the library's own transform, or timm's eval transform of ``tm.preprocess``."""
+    own = tm.transform.to_dict() if tm.transform is not None and hasattr(tm.transform, "to_dict") else None
+    return {"kind": "library" if own else "timm create_transform", **(own or tm.preprocess.to_dict()),
+            "overrides": list(cfg.preprocess), "image_size": cfg.image_size}
 
 
 def _json_default(o):
@@ -561,9 +623,8 @@ def _isi_rec_rows(name, tm, isi_rec, metrics, n_test, warn: list[str]) -> list[d
 
 
 def _num_patches(tm) -> int:
-    img = tm.preprocess.input_size
-    k = tm.sites.patch_proj.kernel_size
-    return (img[0] // k[0]) * (img[1] // k[1])
+    h, w = tm.sites.grid  # as the model itself produced it (a hybrid's grid is its backbone's output)
+    return h * w
 
 
 def _enumerate_chunks(it):

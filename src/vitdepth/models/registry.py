@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,7 +77,7 @@ def _timm_name_hint(name: str) -> str:
 
 
 def create_model(spec: str, *, checkpoint: str | None = None, random_init: bool = False, seed: int = 0,
-                 device: str | torch.device = "cpu") -> TappedModel:
+                 device: str | torch.device = "cpu", image_size: int | None = None) -> TappedModel:
     """Build a :class:`TappedModel` from a spec such as ``timm:vit_small_patch16_224`` or ``hf:/path``.
 
     Args:
@@ -85,23 +86,37 @@ def create_model(spec: str, *, checkpoint: str | None = None, random_init: bool 
         random_init: build the architecture untrained (seeded by ``seed``).
         seed: seed for random initialisation.
         device: where to put the model.
+        image_size: run the model at this square input size (adapters that support it: ``timm:``, ``hf:``).
     """
     info, target = parse_spec(spec)
-    tm = info.loader(target, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    if image_size is None:
+        tm = info.loader(target, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    else:
+        if image_size < 1:
+            raise VitdepthError(f"--image-size must be a positive number of pixels, got {image_size}")
+        if "image_size" not in inspect.signature(info.loader).parameters:
+            raise VitdepthError(f"--image-size is not supported for {info.prefix}: models; run them at their own size")
+        tm = info.loader(target, checkpoint=checkpoint, random_init=random_init, seed=seed, image_size=image_size)
     tm.model.eval()
-    tm.identity.setdefault("spec", spec)
     tm.identity.setdefault("adapter", info.prefix)
+    return _describe(tm, spec).to(device)
+
+
+def _describe(tm: TappedModel, spec: str) -> TappedModel:
+    """Fill the JSON-ready identity every run records (same for specs and in-memory modules)."""
+    tm.identity.setdefault("spec", spec)
+    tm.identity.setdefault("adapter", tm.adapter)
     tm.identity["parameters"] = int(sum(p.numel() for p in tm.model.parameters()))
     tm.identity["depth"] = tm.depth
     tm.identity["num_heads"] = tm.num_heads
     tm.identity["prefix_tokens"] = list(tm.prefix_names)
     tm.identity["has_cls"] = tm.has_cls
     tm.identity["site_warnings"] = list(tm.sites.warnings)
-    return tm.to(device)
+    return tm
 
 
 def tap_module(model: torch.nn.Module, spec: str = "module") -> TappedModel:
-    """Wrap an already-built model (timm VisionTransformer or Hugging Face ViT-like) for taps.
+    """Wrap an already-built model (timm, Hugging Face or torchvision vision transformer) for taps.
 
     For plain PyTorch training loops and callbacks that hold the module, not a spec.
     """
@@ -110,5 +125,12 @@ def tap_module(model: torch.nn.Module, spec: str = "module") -> TappedModel:
     from .adapters.timm_vit import wrap_timm
 
     if hasattr(model, "config") and not hasattr(model, "pretrained_cfg"):
-        return hf_tapped(model, spec)
-    return wrap_timm(model, spec, {"class": type(model).__name__, "weights": {"source": "in-memory"}})
+        tm = hf_tapped(model, spec)
+    elif type(model).__module__.startswith("torchvision."):
+        from .adapters.torchvision_vit import wrap_torchvision
+
+        tm = wrap_torchvision(model, spec, {"class": f"torchvision.{type(model).__name__}",
+                                            "weights": {"source": "in-memory"}})
+    else:
+        tm = wrap_timm(model, spec, {"class": type(model).__name__, "weights": {"source": "in-memory"}})
+    return _describe(tm, spec)

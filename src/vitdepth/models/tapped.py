@@ -11,7 +11,24 @@ from torch import nn
 
 from .._errors import VitdepthError
 from ..data.transforms import PreprocessConfig
+from .structure import probe_sites
 from .taps import LayerTaps, SiteMap, tap
+
+
+@dataclass
+class Reference:
+    """What the model itself reports for a batch, to check the taps against (see :mod:`vitdepth.models.selfcheck`).
+
+    Attributes:
+        hidden_states: layer id (``"0"``..``str(L)``) → tokens (B, T, d), the layers the library exposes; None
+            where it exposes none.
+        attentions: per block, the probabilities of the library's own eager attention (B, H, T, T), or None.
+        source: how they were obtained, in words.
+    """
+
+    hidden_states: dict[str, torch.Tensor] | None
+    attentions: list[torch.Tensor] | None
+    source: str
 
 
 class StopForward(Exception):
@@ -35,6 +52,14 @@ class TappedModel:
         has_cls: whether prefix token 0 is a [CLS] token.
         identity: JSON-ready description (class, parameter count, weights source and hash).
         forward_fn: maps an image batch to the model's output tensor (logits or features).
+        reference_fn: the model's own hidden states and eager attention for a batch (self-check), where the
+            library offers them.
+        transform: the library's own image transform (PIL → tensor) where the adapter has one (a Hugging Face
+            image processor, torchvision weights' transforms); None means ``build_transform(preprocess)``.
+
+    Creating one runs the model once on a random image (:func:`~vitdepth.models.structure.probe_sites`) to
+    settle the block layout and the prefix count; a prefix whose names do not match that count is renamed
+    generically and not treated as [CLS].
     """
 
     spec: str
@@ -46,6 +71,26 @@ class TappedModel:
     has_cls: bool
     forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     identity: dict = field(default_factory=dict)
+    reference_fn: Callable[[nn.Module, torch.Tensor], Reference] | None = None
+    transform: Callable | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sites.layouts:
+            # eval for the probe: a training-mode BatchNorm (hybrid stems) would update its statistics
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                probe_sites(self.sites, lambda x: self.forward_fn(self.model, x), self.preprocess.input_size,
+                            self.device, self.dtype)
+            finally:
+                self.model.train(was_training)
+        n = self.sites.num_prefix
+        if len(self.prefix_names) != n:
+            self.sites.warnings.append(
+                f"the adapter named prefix tokens {list(self.prefix_names)} but block 0 has {n}: they are named "
+                "prefix0.. and none is treated as [CLS]")
+            self.prefix_names = tuple(f"prefix{i}" for i in range(n))
+            self.has_cls = False
 
     @property
     def depth(self) -> int:
@@ -60,7 +105,7 @@ class TappedModel:
     @property
     def num_heads(self) -> int:
         """Attention heads per block (of block 0)."""
-        return self.sites.qk[0].num_heads
+        return self.sites.num_heads
 
     @property
     def device(self) -> torch.device:
@@ -72,6 +117,10 @@ class TappedModel:
         """Dtype of the model's parameters."""
         return next(self.model.parameters()).dtype
 
+    def reference(self, images: torch.Tensor) -> Reference | None:
+        """The model's own hidden states and eager attention for ``images``; None where the adapter has none."""
+        return None if self.reference_fn is None else self.reference_fn(self.model, images)
+
     def to(self, device: str | torch.device) -> TappedModel:
         """Move the model (in place) and return self."""
         self.model.to(device)
@@ -82,13 +131,14 @@ class TappedModel:
         return self.forward_fn(self.model, images)
 
     def run(self, images: torch.Tensor, sink: Callable[[LayerTaps], None], attention: bool = True,
-            timings: dict | None = None) -> torch.Tensor:
+            timings: dict | None = None, keep_calls: bool = False) -> torch.Tensor:
         """One forward with taps; ``sink`` gets each layer as soon as it has run.
 
         Args:
             images: input batch.
             sink: called with each layer's :class:`LayerTaps`, in order.
             attention: capture queries and keys (``LayerTaps.qk``).
+            keep_calls: keep each block's attention kernel call (``LayerTaps.call``), for the self-check.
             timings: if given, filled with the forward's own wall time, the sink's time taken out:
                 ``forward_s`` (whole forward) and ``block_end_s`` (time from the start to the end of
                 each block, one per block). Host clock: meaningful where the device runs synchronously (CPU).
@@ -114,7 +164,7 @@ class TappedModel:
                     clock["excluded"] += time.perf_counter() - entered
 
             start = time.perf_counter()
-        with tap(self.sites, run_sink, attention=attention) as state:
+        with tap(self.sites, run_sink, attention=attention, keep_calls=keep_calls) as state:
             out = self.forward_fn(self.model, images)
         if timings is not None:
             timings["forward_s"] = time.perf_counter() - start - clock["excluded"]
@@ -144,8 +194,9 @@ class TappedModel:
         finally:
             handle.remove()
 
-    def capture(self, images: torch.Tensor, attention: bool = True) -> tuple[torch.Tensor, list[LayerTaps]]:
+    def capture(self, images: torch.Tensor, attention: bool = True,
+                keep_calls: bool = False) -> tuple[torch.Tensor, list[LayerTaps]]:
         """Run once and keep every layer's taps (for tests and small batches; the pass streams instead)."""
         layers: list[LayerTaps] = []
-        out = self.run(images, layers.append, attention=attention)
+        out = self.run(images, layers.append, attention=attention, keep_calls=keep_calls)
         return out, layers

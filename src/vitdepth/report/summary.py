@@ -29,6 +29,10 @@ def summary_table(run_dir: str | Path) -> str:
             best = max(curve, key=lambda r: r["value"])
             lines.append(f"best {ts} probe: {best['value']:.3f} at layer {best['layer']} "
                          f"(95% CI {best['ci_low']:.3f}–{best['ci_high']:.3f}, n={best['n']})")
+    check = res.run.get("self_check")
+    if check:
+        lines.append(f"self-check: attention {check['attention']}, tokens {check['tokens']}"
+                     + (f" — {check['reason']}" if check.get("reason") else ""))
     return "\n".join(lines)
 
 

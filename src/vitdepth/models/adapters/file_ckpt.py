@@ -50,5 +50,6 @@ def load_file(target: str, *, checkpoint: str | None, random_init: bool, seed: i
         pp = cfg["preprocess"]
         tm.preprocess = PreprocessConfig(input_size=tuple(pp["input_size"]), mean=tuple(pp["mean"]),
                                          std=tuple(pp["std"]), interpolation=pp.get("interpolation", "bicubic"),
-                                         crop_pct=float(pp.get("crop_pct", 1.0)))
+                                         crop_pct=float(pp.get("crop_pct", 1.0)),
+                                         crop_mode=pp.get("crop_mode", "center"))
     return tm
