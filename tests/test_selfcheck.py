@@ -184,3 +184,38 @@ def test_preprocess_override_is_recorded(monkeypatch, tmp_path):
     assert run["model"]["preprocess"]["interpolation"] == "bilinear"
     assert run["model"]["transform"]["overrides"] == ["mean=0.5,0.5,0.5", "std=0.5,0.5,0.5",
                                                       "interpolation=bilinear"]
+
+
+def test_post_norm_x_mid_is_the_residual_after_attention():
+    """timm's res-post-norm block: x_mid = x + norm1(attn(x)), the MLP's input, not the MLP branch's output."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_relpos_small_patch16_rpn_224", pretrained=False, img_size=32, patch_size=8,
+                              depth=2, embed_dim=32, num_heads=2).eval()
+    tm = tap_module(model, "rpn")
+    assert tm.sites.layouts == ["post-norm", "post-norm"]
+    with torch.no_grad():
+        _, layers = tm.capture(torch.randn(2, 3, 32, 32))
+        for blk, t in zip(model.blocks, layers[2:], strict=True):
+            torch.testing.assert_close(t.x_mid, t.x_in + blk.norm1(blk.attn(t.x_in)), atol=1e-6, rtol=0)
+
+
+def test_hf_no_cls_model_with_all_metrics_and_its_own_processor(tmp_path):
+    """SigLIP (no [CLS]) with --metrics all: no cls rows, no crash; the directory's image processor is used."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    d = tmp_path / "siglip"
+    transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+        patch_size=8)).save_pretrained(d)
+    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
+    run_dir = analyze(AnalyzeConfig(model=f"hf:{d}", data="digits", samples=120, out=str(tmp_path / "r"),
+                                    quiet=True, figures=False, n_boot=50, n_boot_phases=20))
+    res = load_run(run_dir)
+    assert "cls" not in {r["token_set"] for r in res.rows}
+    assert {"isi_rec", "nc1", "probe_acc_logistic", "attn_consensus"} <= {r["metric"] for r in res.rows}
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["model"]["transform"]["kind"] == "hf_image_processor"
+    assert "SiglipImageProcessor" in json.dumps(run["model"]["transform"])
+    assert run["self_check"]["attention"] == "verified" and run["self_check"]["tokens"] == "verified"

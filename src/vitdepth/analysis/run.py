@@ -370,7 +370,8 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
         "model": {"name": name, **tm.identity, "layers": layers, "embed_dim": dim,
                   "preprocess": tm.preprocess.to_dict(), "dtype": str(tm.dtype), "device": str(device),
                   "block_layout": sorted(set(tm.sites.layouts)),
-                  "attention_source": sorted(set(tm.sites.attention_source)), "transform": _transform_record(tm, cfg)},
+                  "attention_source": sorted(set(tm.sites.attention_source)),
+                  "transform": _transform_record(transform, cfg)},
         "data": {**source.identity(), "analyzed": int(loaded.sum()), "selected": n, "splits": counts,
                  "split_fractions": list(cfg.split_fractions), "skipped": skipped},
         "metrics": {"selected": sorted(metrics), "spec": cfg.metrics or "all", "not_applicable": not_applicable,
@@ -402,11 +403,10 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
 
 
-def _transform_record(tm, cfg) -> dict:
-    """What preprocessing ran: the library's own transform, or timm's eval transform of ``tm.preprocess``."""
-    own = tm.transform.to_dict() if tm.transform is not None and hasattr(tm.transform, "to_dict") else None
-    return {"kind": "library" if own else "timm create_transform", **(own or tm.preprocess.to_dict()),
-            "overrides": list(cfg.preprocess), "image_size": cfg.image_size}
+def _transform_record(transform, cfg) -> dict:
+    """What preprocessing ran: the library's own transform, or timm's eval transform of the model's config."""
+    own = transform.to_dict() if hasattr(transform, "to_dict") else {"kind": type(transform).__name__}
+    return {**own, "overrides": list(cfg.preprocess), "image_size": cfg.image_size}
 
 
 def _json_default(o):
