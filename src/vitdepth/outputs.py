@@ -1,0 +1,331 @@
+"""Output directories that never lose a user's files or a finished run.
+
+Every directory vitdepth writes (a run, a comparison, a demo, a training family) goes through
+:class:`OutputDir`, which does what careful command-line tools do (git, rsync):
+
+- **checks first**, before any expensive work: the location is not a file, a symlink, the current
+  directory, an ancestor of the current directory, one of the command's inputs or an ancestor of one; its
+  parent is writable and has room for what the command will write (when the command knows it);
+- **a lock**: an exclusive ``flock`` on ``.NAME.lock`` beside the output for as long as the command writes
+  it, so a second command on the same output fails at once naming the holder (pid, command, start time);
+- **a marker**: a complete output carries :data:`MARKER` (``.vitdepth-output.json``: kind, version, the
+  list of files vitdepth wrote). ``--overwrite`` replaces only a directory whose marker is complete and
+  of the same kind, and refuses when it holds files vitdepth did not write (a user's ``notes.md``);
+- **an atomic swap**: the new output is built in ``.NAME.partial-PID``; on commit the old one is moved
+  aside to ``.NAME.old-PID``, the new one renamed in, and the old one removed last. A process killed in
+  between leaves both; the next command on the same output restores or removes them (stale partial
+  directories of dead processes are removed, a moved-aside old output whose new one never arrived is
+  moved back).
+
+Directories written before markers existed (a ``run.json`` by vitdepth, or a ``compare.json``) count as
+complete outputs of their kind and list no files: replacing them still refuses unknown files by name
+(those that are not one of the kind's own names).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from ._errors import VitdepthError
+
+MARKER = ".vitdepth-output.json"
+KINDS = ("run", "compare", "demo", "train")
+#: Names a kind writes at its top level (used for directories written before the marker existed).
+LEGACY_NAMES = {
+    "run": {"run.json", "layers.csv", "layers.parquet", "per_image.npz", "cache", "figures", "phases.json",
+            "report.html"},
+    "compare": {"compare.json", "figures", "report.html"},
+}
+#: Environment variable naming a step of :meth:`OutputDir.commit` at which to kill the process (tests only).
+FAULT_ENV = "VITDEPTH_FAULT_INJECT"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_marker(path: Path) -> dict | None:
+    """The marker of an output directory, or None (legacy run / compare directories get a synthetic one)."""
+    marker = path / MARKER
+    if marker.is_file():
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+    run = path / "run.json"
+    if run.is_file():
+        try:
+            data = json.loads(run.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if isinstance(data, dict) and "vitdepth_version" in data:
+            return {"kind": "run", "complete": True, "legacy": True}
+    if (path / "compare.json").is_file():
+        return {"kind": "compare", "complete": True, "legacy": True}
+    return None
+
+
+def is_vitdepth_output(path: Path) -> bool:
+    """Whether ``path`` is a directory vitdepth wrote (complete or not); data scans skip these."""
+    return path.is_dir() and ((path / MARKER).is_file() or read_marker(path) is not None)
+
+
+def _files(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root)
+        out += [(rel / f).as_posix() for f in sorted(filenames) if not (rel == Path(".") and f == MARKER)]
+    return out
+
+
+def _unknown_files(path: Path, marker: dict) -> list[str]:
+    if marker.get("legacy"):
+        allowed = LEGACY_NAMES.get(marker["kind"], set())
+        return sorted(e.name for e in os.scandir(path) if e.name not in allowed)
+    written = set(marker.get("files", []))
+    return [f for f in _files(path) if f not in written]
+
+
+def check_writable(location: Path, need_bytes: int = 0, what: str = "--out") -> None:
+    """Check that a directory can be created at ``location`` with ``need_bytes`` of room, before the work.
+
+    Raises:
+        VitdepthError: naming the location, what is wrong and the fix.
+    """
+    parent = location.parent
+    while not parent.exists():  # the first existing ancestor is where the directories will be created
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VitdepthError(f"{what} {location}: {parent} is not a directory; choose another {what}")
+    probe = parent / f".vitdepth-write-test-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise VitdepthError(f"{what} {location} cannot be written ({os.strerror(e.errno) if e.errno else e} in "
+                            f"{parent}); choose a writable location") from None
+    if need_bytes:
+        free = shutil.disk_usage(parent).free
+        if free < need_bytes:
+            raise VitdepthError(f"{what} {location}: not enough disk space (needs {_size(need_bytes)}, "
+                                f"{_size(free)} free on {parent}); free space or choose another {what}")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def disk_full_error(e: OSError, location: Path, need_bytes: int | None = None) -> VitdepthError:
+    """One line for ENOSPC while writing ``location``."""
+    try:
+        free = _size(shutil.disk_usage(location if location.exists() else location.parent).free)
+    except OSError:
+        free = "unknown"
+    need = f"needs about {_size(need_bytes)}, " if need_bytes else ""
+    return VitdepthError(f"disk full while writing {location} ({need}{free} free); free space or choose another "
+                         "location")
+
+
+class OutputDir:
+    """One output directory being written: checks, lock, partial directory, atomic commit (module docstring).
+
+    Example::
+
+        with OutputDir(out, "run", overwrite=cfg.overwrite, inputs=[data_root]) as od:
+            write_everything_into(od.tmp)
+            od.commit()   # without commit, the partial directory is removed on exit
+
+    Args:
+        out: the output directory.
+        kind: one of :data:`KINDS`.
+        overwrite: replace an existing complete output of the same kind.
+        inputs: paths the command reads (an input is never replaced, nor an ancestor of one).
+        need_bytes: room the command needs (checked against the free space).
+        flag: the option that names the output, for messages.
+    """
+
+    def __init__(self, out: str | os.PathLike, kind: str, overwrite: bool = False, inputs=(),
+                 need_bytes: int = 0, flag: str = "--out") -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.given = Path(out)
+        self.kind, self.overwrite, self.flag = kind, overwrite, flag
+        self.inputs = [Path(p) for p in inputs if p]
+        self.need_bytes = need_bytes
+        self.out = Path(os.path.abspath(self.given))
+        self.lock_path = self.out.parent / f".{self.out.name}.lock"
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        self._lock_fd: int | None = None
+        self._committed = False
+
+    # -- checks -----------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Every check that needs no lock (also run by :meth:`__enter__`)."""
+        out, flag = self.out, self.flag
+        if self.given.is_symlink():
+            raise VitdepthError(f"{flag} {self.given} is a symbolic link; pass the directory it points to, or "
+                                "another path")
+        if out.exists() and not out.is_dir():
+            raise VitdepthError(f"{flag} {self.given} is a file, not a directory; choose another {flag}")
+        cwd = Path.cwd().resolve()
+        real = out.resolve()
+        if real == cwd or real in cwd.parents:
+            raise VitdepthError(f"{flag} {self.given} is the current directory or one of its parents; vitdepth never "
+                                f"replaces it: choose a new directory for {flag}")
+        for p in self.inputs:
+            rp = Path(os.path.abspath(p)).resolve()
+            if rp == real or real in rp.parents:
+                raise VitdepthError(f"{flag} {self.given} is an input of this command ({p}) or holds one; choose "
+                                    f"another {flag}")
+        if out.exists():
+            if not self.overwrite:
+                raise VitdepthError(f"{flag} {self.given} already exists; pass --overwrite to replace it or choose "
+                                    f"another {flag}")
+            self._check_replaceable()
+        check_writable(out, self.need_bytes, flag)
+
+    def _check_replaceable(self) -> None:
+        marker = read_marker(self.out)
+        if marker is None:
+            if not any(self.out.iterdir()):
+                return  # an empty directory holds nothing to lose
+            raise VitdepthError(f"{self.flag} {self.given} exists and was not written by vitdepth (no {MARKER}); "
+                                "--overwrite only replaces vitdepth's own outputs: choose another directory")
+        if marker.get("kind") != self.kind:
+            raise VitdepthError(f"{self.flag} {self.given} is a vitdepth {marker.get('kind')} directory, not a "
+                                f"{self.kind}; --overwrite only replaces the same kind: choose another directory")
+        if not marker.get("complete"):
+            raise VitdepthError(f"{self.flag} {self.given} is an incomplete vitdepth {self.kind}; remove it yourself "
+                                "or choose another directory")
+        unknown = _unknown_files(self.out, marker)
+        if unknown:
+            shown = ", ".join(unknown[:3]) + (f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else "")
+            raise VitdepthError(f"{self.flag} {self.given} holds files vitdepth did not write ({shown}); move them "
+                                "out or choose another directory (--overwrite never deletes them)")
+
+    # -- lock and stale state ---------------------------------------------------------------------------------
+    def _acquire(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                self._busy(fd, e)
+            try:  # the holder before us may have unlinked the file after we opened it: lock the current one
+                if os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._lock_fd = fd
+
+    def _busy(self, fd: int, e: OSError) -> None:
+        """Raise the one-line 'held by' error (or re-raise an unexpected lock failure)."""
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise e
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (ValueError, OSError):
+            holder = {}
+        os.close(fd)
+        who = (f"pid {holder.get('pid')} on {holder.get('host')}, `{holder.get('command')}`, since "
+               f"{holder.get('started')}") if holder else "another process"
+        raise VitdepthError(f"{self.flag} {self.given} is being written by another vitdepth command ({who}); "
+                            "wait for it or choose another directory") from None
+
+    def _recover(self) -> None:
+        """Clean up after killed processes (we hold the lock, so nobody else is writing this output)."""
+        parent, name = self.out.parent, self.out.name
+        for entry in sorted(parent.glob(f".{name}.old-*")):
+            pid = entry.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                continue
+            if not self.out.exists():
+                entry.rename(self.out)  # the new output never arrived: the old one comes back
+            elif read_marker(entry) is not None:
+                shutil.rmtree(entry, ignore_errors=True)
+        for entry in sorted(parent.glob(f".{name}.partial-*")):
+            pid = entry.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and (not _pid_alive(int(pid)) or int(pid) == os.getpid()):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def __enter__(self) -> OutputDir:
+        self.check()
+        self._acquire()
+        try:
+            self._recover()
+            self.check()  # again under the lock: another command may have finished meanwhile
+            self.tmp.mkdir(parents=True)
+            (self.tmp / MARKER).write_text(json.dumps(self._marker(complete=False)))
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _marker(self, complete: bool) -> dict:
+        return {"kind": self.kind, "complete": complete, "vitdepth_version": __version__, "pid": os.getpid(),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "files": _files(self.tmp) if complete else []}
+
+    def commit(self) -> Path:
+        """Mark the partial directory complete and swap it in atomically; returns the output path."""
+        (self.tmp / MARKER).write_text(json.dumps(self._marker(complete=True)))
+        old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+        if self.out.exists():
+            self._check_replaceable()  # nothing appeared in it while we worked
+            os.rename(self.out, old)
+            _fault("after-aside")
+        os.rename(self.tmp, self.out)
+        _fault("after-rename")
+        if old.exists():
+            shutil.rmtree(old)
+        self._committed = True
+        return self.given
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            try:
+                self.lock_path.unlink()
+            except OSError:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if not self._committed:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            self._release()
+
+
+def _fault(step: str) -> None:
+    if os.environ.get(FAULT_ENV) == step:
+        os._exit(137)  # as SIGKILL would: no cleanup
