@@ -19,6 +19,7 @@ from .sources import create_source as create_source
 from .sources import list_sources as list_sources
 from .splits import SPLITS as SPLITS
 from .splits import check_labels as check_labels
+from .splits import split_coverage as split_coverage
 from .splits import stratified_splits as stratified_splits
 from .splits import stratified_subset as stratified_subset
 from .transforms import CallableTransform as CallableTransform
@@ -47,6 +48,7 @@ __all__ = [
     "create_source",
     "iterate_batches",
     "list_sources",
+    "split_coverage",
     "stratified_splits",
     "stratified_subset",
     "to_rgb",

@@ -26,8 +26,9 @@ import math
 import operator
 import os
 import re
+import stat
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from .._errors import VitdepthError
+from ..outputs import is_vitdepth_output
 from .transforms import to_rgb
 
 __all__ = [
@@ -308,22 +310,207 @@ def _is_hidden(name: str) -> bool:
 _SPLIT_NAMES = frozenset({"train", "val", "validation", "valid", "test"})
 _VAL_NAMES = ("val", "validation", "valid")
 
+# What a folder scan leaves out, by kind: one summary warning per kind (count and a few examples), never one line
+# per file, because a single bad link can stand for thousands of entries. Order is the order of the warnings.
+_SKIP_TEXT = {
+    "revisit": "directory link(s) to a folder already scanned or to one of its parents (a loop) were not followed",
+    "other_class": "directory link(s) into another class or elsewhere in the dataset were not followed",
+    "broken": "broken symbolic link(s) (missing or looping target) were skipped",
+    "special": "image-named entries that are not regular files (FIFO, socket, device) were skipped, never opened",
+    "unreadable": "entries that cannot be read (permissions) were skipped",
+    "output": "vitdepth output folder(s) (a run, comparison, demo ...) inside the data were not read as data",
+    "excluded": "excluded folder(s) (e.g. this command's --out) inside the data were not read",
+}
+_SKIP_EXAMPLES = 3
+
+
+class _Skips:
+    """Entries a folder scan left out, collected by kind and summarised as one warning per kind."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.paths: dict[str, list[str]] = {kind: [] for kind in _SKIP_TEXT}
+
+    def add(self, kind: str, path: str) -> None:
+        self.paths[kind].append(path)
+
+    def warnings(self) -> list[str]:
+        out = []
+        for kind, paths in self.paths.items():
+            if not paths:
+                continue
+            # Paths relative to the class tree keep the line short; the tree itself is in run.json.
+            rel = sorted(os.path.relpath(p, self.root) for p in paths)
+            more = f", ... ({len(rel) - _SKIP_EXAMPLES} more)" if len(rel) > _SKIP_EXAMPLES else ""
+            out.append(f"{len(rel)} {_SKIP_TEXT[kind]}: {', '.join(rel[:_SKIP_EXAMPLES])}{more}")
+        return out
+
+
+def _is_within(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or lies inside it (both absolute and resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _is_broken_link(entry: os.DirEntry[str]) -> bool:
+    # os.path.exists follows the link and is False for a missing target and for a link loop (ELOOP).
+    return entry.is_symlink() and not os.path.exists(entry.path)
+
+
+def _entry_is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # e.g. ELOOP on a link that points at itself: reported as a broken link by the caller
+        return False
+
+
+@dataclass
+class _ScanContext:
+    """What every directory test of one folder scan needs: the other classes, the exclusions, the skip record."""
+
+    dataset: str  # real path of the dataset root (above the split folder for split=NAME)
+    other_classes: tuple[str, ...]  # real paths of the other class folders
+    exclude: tuple[str, ...]  # real paths never read as data
+    skips: _Skips
+
+
+def _dir_skip(ctx: _ScanContext, path: str, real: str, is_link: bool, visited: set[str], top_real: str) -> str | None:
+    """Why the directory ``path`` (real path ``real``) must not be walked, as a :data:`_SKIP_TEXT` key, or None."""
+    if real in visited:
+        return "revisit"
+    if is_link:
+        # A link to the class folder, one of its parents or a folder inside it would walk images twice (a/loop -> ..
+        # turned 36 images into 11,357); a link into another class (or another split of the same root) would give
+        # those images to this class too.
+        if _is_within(top_real, real) or _is_within(real, top_real):
+            return "revisit"
+        if _is_within(real, ctx.dataset) or any(_is_within(o, real) or _is_within(real, o) for o in ctx.other_classes):
+            return "other_class"
+    if any(_is_within(real, ex) for ex in ctx.exclude):
+        return "excluded"
+    # An --out inside the dataset root: the next run would read the first run's figures as images.
+    if _is_output(path):
+        return "output"
+    return None
+
+
+def _is_output(path: str) -> bool:
+    try:
+        return is_vitdepth_output(Path(path))
+    except OSError:  # a folder without search permission: the walk reports it as unreadable instead
+        return False
+
+
+def _walk_images(ctx: _ScanContext, top: str, top_real: str) -> Iterator[str]:
+    """Yield the image files under ``top`` (unsorted), following directory links at most once.
+
+    Hidden entries are ignored; links that loop, lead into another class, vitdepth outputs, excluded folders,
+    broken links, non-regular files and unreadable subfolders are recorded in ``ctx.skips``. Nothing is opened.
+
+    Raises:
+        OSError: ``top`` itself cannot be listed (the caller names the class folder).
+    """
+    visited = {top_real}
+    stack = [(top, top_real)]
+    while stack:
+        path, real = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            if path == top:
+                raise
+            ctx.skips.add("unreadable", path)
+            continue
+        subdirs = []
+        for entry in entries:
+            if _is_hidden(entry.name):
+                continue
+            if _entry_is_dir(entry):
+                is_link = entry.is_symlink()
+                # A plain child of a resolved folder needs no realpath call (one lstat per path component).
+                child_real = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
+                kind = _dir_skip(ctx, entry.path, child_real, is_link, visited, top_real)
+                if kind:
+                    ctx.skips.add(kind, entry.path)
+                    continue
+                visited.add(child_real)
+                subdirs.append((entry.path, child_real))
+            elif _is_broken_link(entry):
+                ctx.skips.add("broken", entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                # is_file() follows links and is False for a FIFO, which would block the first open() forever.
+                try:
+                    regular = entry.is_file()
+                except OSError:  # a link whose target cannot be examined (no search permission on its folder)
+                    ctx.skips.add("unreadable", entry.path)
+                    continue
+                if regular:
+                    yield entry.path
+                else:
+                    ctx.skips.add("special", entry.path)
+        stack.extend(reversed(subdirs))
+
 
 def _has_nested_images(folder: Path) -> bool:
     """Whether some non-hidden subdirectory of ``folder`` holds an image (at any depth); stops at the first."""
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not entry.is_dir() or _is_hidden(entry.name):
+    ctx = _ScanContext(dataset=os.path.realpath(folder), other_classes=(), exclude=(), skips=_Skips(str(folder)))
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return False
+    for entry in entries:
+        if _is_hidden(entry.name) or not _entry_is_dir(entry):
             continue
-        for _dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-            if any(not _is_hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS) for f in filenames):
+        try:
+            if next(_walk_images(ctx, entry.path, os.path.realpath(entry.path)), None) is not None:
                 return True
+        except OSError:
+            continue
     return False
 
 
 def _list_names(names: list[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _list_dir(folder: Path) -> list[os.DirEntry[str]]:
+    """The sorted entries of a data folder the user named; an unreadable one is a one-line error."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise VitdepthError(
+            f"data folder '{folder}' cannot be read: {exc.strerror or exc}; fix its permissions or pass another folder"
+        ) from None
+
+
+# Wide greyscale modes that convert("L") would clip or truncate (a 32-bit TIFF of 0..70000 came out black).
+_WIDE_MODES = ("I", "F")
+_UINT16_MAX = 65535
+
+
+def _wide_to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """RGB of a 32-bit integer (``I``) or float (``F``) greyscale image; see :class:`FolderSource` for the rule."""
+    arr = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise ImageLoadError(name, f"mode {img.mode} image has no finite pixel value (all NaN or infinite)")
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    if img.mode == "I" and lo >= 0 and hi <= _UINT16_MAX:
+        # 16-bit data (a 16-bit PGM opens as "I"): the same fixed scale as "I;16", so brightness stays comparable
+        # across images.
+        return to_rgb(img)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        out = arr * 255.0  # the usual float-image convention: 0 is black, 1 is white
+    elif hi > lo:
+        out = (arr - lo) * (255.0 / (hi - lo))
+    else:
+        out = np.full_like(arr, 128.0)  # a constant image outside both conventions: no brightness to show
+    out[np.isposinf(arr)] = 255.0
+    out[np.isnan(arr) | np.isneginf(arr)] = 0.0
+    gray = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
 
 
 class FolderSource(DataSource):
@@ -340,19 +527,49 @@ class FolderSource(DataSource):
     validation, valid, test, or only such names) that hold subfolders with images is refused rather than read as
     classes ``train`` and ``val``; ``split=.`` reads such a root as a class tree anyway.
 
+    What the scan leaves out (each kind is summarised in one line of :attr:`warnings`, with a count and examples):
+
+    - Directory links are followed at most once per class: a link to a folder the class already reaches (the
+      class folder itself, one of its parents, a folder inside it, or one walked before) is a loop and is not
+      followed, and neither is a link to anywhere else inside the dataset root (another class, another split) or
+      to a folder holding a class, whose images would otherwise be counted twice under different labels. Links to
+      folders outside the dataset are followed once; file links are kept.
+    - Broken links, and image-named entries that are not regular files after resolving links (a FIFO named
+      ``pipe.png`` would block the first read forever), are skipped without being opened.
+    - vitdepth's own outputs (a folder with ``.vitdepth-output.json``, a run with vitdepth's ``run.json``, a
+      ``compare.json``), at class level or nested, and the folders in ``exclude`` are not read as data, so an
+      ``--out`` inside the dataset does not become a class on the next run.
+    - A class folder that cannot be read is dropped with the reason (``cannot be read: Permission denied``);
+      unreadable subfolders are skipped.
+
+    32-bit greyscale images are scaled to 8 bits rather than clipped: integer (``I``) images whose values lie in
+    0..65535 use the fixed 16-bit scale (``v / 257``, as for ``I;16``) and float (``F``) images whose values lie in
+    0..1 the fixed float scale (``v * 255``), so brightness stays comparable across such images; any other range is
+    stretched linearly from the image's own finite minimum..maximum to 0..255 (a constant image becomes mid-grey
+    128). NaN and -inf pixels become 0, +inf 255; an image without a finite pixel is unreadable (skipped).
+
     Args:
         spec: The spec string it was created from.
         path: Dataset root.
         split: Subfolder of ``path`` that holds the class tree, or ``None`` for ``path`` itself.
+        exclude: Folders never read as data (the analysis passes its ``--out``); folders that do not exist are
+            ignored.
 
     Raises:
-        VitdepthError: The path or split folder does not exist or is not a directory, the root looks like a
-            dataset root with splits and no ``split`` was given, or no class subdirectory holds images.
+        VitdepthError: The path or split folder does not exist, is not a directory or cannot be read, the root
+            looks like a dataset root with splits and no ``split`` was given, or no class subdirectory holds images.
     """
 
     kind = "folder"
 
-    def __init__(self, spec: str, path: str | os.PathLike[str], split: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: str,
+        path: str | os.PathLike[str],
+        split: str | None = None,
+        *,
+        exclude: Iterable[str | os.PathLike[str]] = (),
+    ) -> None:
         self.spec = spec
         given = os.fspath(path)
         dataset_root = Path(os.path.abspath(os.path.expanduser(given)))
@@ -367,21 +584,42 @@ class FolderSource(DataSource):
         self.split = split
         root = dataset_root if split is None else self._split_dir(dataset_root, split)
         self.root = root
-        class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+        self.warnings = []
+        skips = _Skips(str(root))
+        exclude_real = tuple(sorted({os.path.realpath(os.path.expanduser(os.fspath(p))) for p in exclude}))
+        classes = self._class_dirs(root, exclude_real, skips)
+        class_dirs = [name for name, _ in classes]
         if not class_dirs:
-            loose = sum(1 for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+            loose = sum(1 for e in _list_dir(root) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
             hint = f" ({loose} images sit directly in it: move them into per-class folders)" if loose else ""
+            left_out = sum(len(skips.paths[k]) for k in ("output", "excluded", "other_class", "revisit"))
+            if left_out and not hint:
+                hint = f" (only vitdepth outputs, excluded folders or looping links: {left_out} skipped)"
             raise VitdepthError(
                 f"empty dataset: '{root}' has no class subdirectories{hint}; use the layout PATH/<class>/<image>"
             )
         if split is None:
             self._refuse_split_root(root, class_dirs)
-        self.warnings = []
         self.class_names = []
         paths: list[str] = []
         labels: list[int] = []
-        for name in class_dirs:
-            files = self._scan(root / name)
+        unreadable = []
+        reals = [real for _, real in classes]
+        dataset_real = os.path.realpath(dataset_root)
+        for k, (name, real) in enumerate(classes):
+            others = tuple(r for j, r in enumerate(reals) if j != k and r != real)
+            ctx = _ScanContext(dataset=dataset_real, other_classes=others, exclude=exclude_real, skips=skips)
+            try:
+                files = sorted(_walk_images(ctx, str(root / name), real))
+            except OSError as exc:
+                # Said as it is: "has no images" sent users looking for missing files instead of at permissions.
+                reason = exc.strerror or str(exc)
+                unreadable.append(reason)
+                self.warnings.append(
+                    f"class folder '{root / name}' cannot be read: {reason}, so it was ignored; "
+                    "fix its permissions (chmod +rx) to include it"
+                )
+                continue
             if not files:
                 self.warnings.append(f"class folder '{root / name}' has no images and was ignored")
                 continue
@@ -389,7 +627,13 @@ class FolderSource(DataSource):
             self.class_names.append(name)
             paths.extend(files)
             labels.extend([label] * len(files))
+        self.warnings.extend(skips.warnings())
         if not paths:
+            if unreadable:
+                raise VitdepthError(
+                    f"empty dataset: {len(unreadable)} class folder(s) of '{root}' cannot be read ({unreadable[0]}) "
+                    "and the others hold no images; fix their permissions (chmod -R +rX)"
+                )
             exts = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
             raise VitdepthError(
                 f"empty dataset: no images ({exts}) found in the class folders of '{root}'; "
@@ -399,6 +643,37 @@ class FolderSource(DataSource):
         self.labels = np.asarray(labels, dtype=np.int64)
 
     @staticmethod
+    def _class_dirs(root: Path, exclude_real: tuple[str, ...], skips: _Skips) -> list[tuple[str, str]]:
+        """``(name, real path)`` of the candidate class folders of ``root``, sorted by name."""
+        root_real = os.path.realpath(root)
+        candidates = []
+        for entry in _list_dir(root):
+            if _is_hidden(entry.name):
+                continue
+            if _entry_is_dir(entry):
+                candidates.append((entry.name, os.path.realpath(entry.path), entry.is_symlink()))
+            elif _is_broken_link(entry):
+                skips.add("broken", entry.path)
+        plain = [real for _, real, is_link in candidates if not is_link]
+        out = []
+        for name, real, is_link in candidates:
+            path = str(root / name)
+            kind = None
+            if is_link and _is_within(root_real, real):
+                kind = "revisit"  # root/all -> . would read the whole dataset as one class
+            elif is_link and any(_is_within(real, p) or _is_within(p, real) for p in plain):
+                kind = "other_class"  # root/b -> root/a would give every image of 'a' two labels
+            elif any(_is_within(real, ex) for ex in exclude_real):
+                kind = "excluded"
+            elif _is_output(path):
+                kind = "output"
+            if kind:
+                skips.add(kind, path)
+            else:
+                out.append((name, real))
+        return out
+
+    @staticmethod
     def _split_dir(dataset_root: Path, split: str) -> Path:
         if not split or os.path.isabs(split):
             raise VitdepthError(
@@ -406,7 +681,7 @@ class FolderSource(DataSource):
             )
         folder = Path(os.path.normpath(dataset_root / split))
         if not folder.is_dir():
-            subdirs = sorted(e.name for e in os.scandir(dataset_root) if e.is_dir() and not _is_hidden(e.name))
+            subdirs = [e.name for e in _list_dir(dataset_root) if _entry_is_dir(e) and not _is_hidden(e.name)]
             has = f"its folders are {_list_names(subdirs)}" if subdirs else "it has no subfolders"
             raise VitdepthError(
                 f"no split folder '{split}' in '{dataset_root}' ({has}); pass folder:{dataset_root}:split=NAME "
@@ -432,17 +707,6 @@ class FolderSource(DataSource):
             f"pass folder:{root}:split={pick}{alt}, or folder:{root}:split=. to read its folders as classes"
         )
 
-    @staticmethod
-    def _scan(class_dir: Path) -> list[str]:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            # Pruning in place stops os.walk descending into hidden directories.
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-            for f in filenames:
-                if not _is_hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS):
-                    found.append(os.path.join(dirpath, f))
-        return sorted(found)
-
     def item_name(self, i: int) -> str:
         """The file path of item ``i``."""
         return self._paths[self._check_index(i)]
@@ -450,12 +714,18 @@ class FolderSource(DataSource):
     def load(self, i: int) -> Image.Image:  # noqa: D102 - documented on DataSource
         path = self._paths[self._check_index(i)]
         try:
+            # The scan skipped non-regular files, but one may have been swapped in since: opening a FIFO blocks
+            # until something writes to it, i.e. forever.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise ImageLoadError(path, "not a regular file (FIFO, socket or device); it was not opened")
             with Image.open(path) as img:
                 # Image.open only reads the header; load() forces the full decode here, so a truncated file fails
                 # now (PIL's LOAD_TRUNCATED_IMAGES is left off on purpose) rather than later in the transform.
                 img.load()
                 # Leaving the with-block closes only the file; the decoded pixels stay valid.
-                return to_rgb(img)
+                return _wide_to_rgb(img, path) if img.mode in _WIDE_MODES else to_rgb(img)
+        except ImageLoadError:
+            raise
         except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, ValueError, EOFError ...
             # PIL often repeats the path in its message; the name already carries it.
             reason = str(exc).replace(f" '{path}'", "").replace(path, "file") or "decode failed"
@@ -515,19 +785,21 @@ def _parse_digits(spec: str, options: str | None, seed: int) -> DigitsSource:
     return DigitsSource(spec)
 
 
-def _parse_folder(spec: str, options: str | None, seed: int) -> FolderSource:
+def _parse_folder(
+    spec: str, options: str | None, seed: int, exclude: Iterable[str | os.PathLike[str]] = ()
+) -> FolderSource:
     if not options:
         raise VitdepthError(f"'{spec}' names no folder; use folder:PATH with PATH/<class>/<image>")
     # The last ':split=' wins, so a path that itself contains ':' still parses.
     path, sep, split = options.rpartition(":split=")
     if not sep:
-        return FolderSource(spec, options)
+        return FolderSource(spec, options, exclude=exclude)
     path, split = path.strip(), split.strip()
     if not path:
         raise VitdepthError(f"'{spec}' names no folder; use folder:PATH:split=NAME with PATH/NAME/<class>/<image>")
     if not split:
         raise VitdepthError(f"'{spec}' has an empty split name; use e.g. folder:{path}:split=val")
-    return FolderSource(spec, path, split=split)
+    return FolderSource(spec, path, split=split, exclude=exclude)
 
 
 # kind -> (factory, example spec, one-line description). Order is the order list_sources() shows.
@@ -555,13 +827,15 @@ def list_sources() -> list[tuple[str, str]]:
     return [(example, description) for _, example, description in _SOURCES.values()]
 
 
-def create_source(spec: str, seed: int = 0) -> DataSource:
+def create_source(spec: str, seed: int = 0, *, exclude: Iterable[str | os.PathLike[str]] = ()) -> DataSource:
     """Create a data source from a spec string.
 
     Args:
         spec: ``digits``, ``synthetic[:key=value,...]`` (keys ``n``, ``classes``, ``size``), ``folder:PATH`` or
             ``folder:PATH:split=NAME``.
         seed: Seed for sources that generate data (``synthetic``); ignored by the others.
+        exclude: Folders that ``folder:`` sources never read as data (pass the command's own output directory,
+            which may lie inside the dataset); ignored by the other sources.
 
     Returns:
         The data source.
@@ -576,7 +850,11 @@ def create_source(spec: str, seed: int = 0) -> DataSource:
     entry = _SOURCES.get(kind.strip().lower())
     if entry is None:
         raise VitdepthError(_unknown_spec_message(spec, kind))
-    return entry[0](spec, options.strip() if sep else None, int(seed))
+    options = options.strip() if sep else None
+    if entry[0] is _parse_folder:
+        # Only folder sources read paths from disk; the others have nothing to exclude.
+        return _parse_folder(spec, options, int(seed), exclude=tuple(exclude))
+    return entry[0](spec, options, int(seed))
 
 
 def _valid_forms() -> str:

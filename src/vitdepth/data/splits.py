@@ -19,7 +19,7 @@ import numpy as np
 
 from .._errors import VitdepthError
 
-__all__ = ["SPLITS", "check_labels", "stratified_splits", "stratified_subset"]
+__all__ = ["SPLITS", "check_labels", "split_coverage", "stratified_splits", "stratified_subset"]
 
 SPLITS = ("train", "val", "test")
 _TRAIN, _VAL, _TEST = 0, 1, 2
@@ -195,3 +195,86 @@ def check_labels(labels: np.ndarray, class_names: Sequence[str]) -> None:
         raise VitdepthError(
             f"single-class dataset: probes need >= 2 classes; add images of another class (found only '{name}')"
         )
+
+
+# What a class missing from a split costs, and the fix, for the warning line.
+_MISSING_COST = {
+    "train": "the probe never learns them",
+    "val": "the regularisation is chosen without them",
+    "test": "test accuracy says nothing about them",
+}
+_MISSING_FIX = {
+    "train": "add images to those classes (2 or more each reach train and test) or remove them",
+    "val": "add images to those classes or raise the val fraction",
+    "test": "add images to those classes (2 or more each reach train and test) or remove them",
+}
+
+
+def _class_list(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def split_coverage(
+    labels: np.ndarray,
+    splits: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    required: Sequence[str] = ("train", "test"),
+) -> list[str]:
+    """Name the classes that some split does not reach, one warning line per split.
+
+    :func:`stratified_splits` sends a class with a single item to train only, so its test accuracy is never
+    measured while the overall score looks fine; a class missing from the analysed items altogether (a small
+    ``--samples``) reaches no split. By default only train and test are required: :func:`stratified_splits` leaves
+    tiny classes out of val by design (val only picks the regularisation), so pass ``required=SPLITS`` to report
+    val gaps too.
+
+    Args:
+        labels: ``(N,)`` integer labels in ``[0, len(class_names))`` of the analysed items.
+        splits: ``(N,)`` split codes of the same items (0 = train, 1 = val, 2 = test; see :data:`SPLITS`).
+        class_names: Name of each class; every class is expected in every required split.
+        required: Names of the splits every class must reach.
+
+    Returns:
+        Warning lines (empty when every class reaches every required split): one for classes with no analysed
+        item at all, then one per split, each naming up to 5 classes with their item counts and the fix.
+
+    Raises:
+        ValueError: ``labels`` and ``splits`` differ in shape, a label or split code is out of range, or
+            ``required`` names an unknown split (bugs in the caller, not user input).
+    """
+    labels = _as_labels(labels, "split_coverage")
+    codes = np.asarray(splits)
+    if codes.shape != labels.shape:
+        raise ValueError(f"labels and splits must have the same shape, got {labels.shape} and {codes.shape}")
+    unknown = [r for r in required if r not in SPLITS]
+    if unknown:
+        raise ValueError(f"required splits must be among {SPLITS}, got {unknown}")
+    n_classes = len(class_names)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got range [{labels.min()}, {labels.max()}]")
+    if codes.size and (codes.min() < 0 or codes.max() >= len(SPLITS)):
+        raise ValueError(f"split codes must lie in [0, {len(SPLITS)}), got range [{codes.min()}, {codes.max()}]")
+    # (class, split) item counts in one pass.
+    table = np.zeros((n_classes, len(SPLITS)), dtype=np.int64)
+    np.add.at(table, (labels.astype(np.int64), codes.astype(np.int64)), 1)
+    sizes = table.sum(axis=1)
+    out = []
+    absent = [str(class_names[k]) for k in np.flatnonzero(sizes == 0)]
+    if absent:
+        out.append(
+            f"{len(absent)} class(es) have no analysed image, so no split reaches them: {_class_list(absent)}; "
+            "analyse more images (a larger --samples) or remove those class folders"
+        )
+    for name in required:
+        s = SPLITS.index(name)
+        missing = np.flatnonzero((sizes > 0) & (table[:, s] == 0))
+        if missing.size == 0:
+            continue
+        named = [f"{class_names[k]} ({sizes[k]} image{'s' if sizes[k] != 1 else ''})" for k in missing]
+        out.append(
+            f"{missing.size} class(es) have no image in the {name} split, so {_MISSING_COST[name]}: "
+            f"{_class_list(named)}; {_MISSING_FIX[name]}"
+        )
+    return out
