@@ -5,6 +5,15 @@ data order from a generator seeded the same way, so a run resumed from the last 
 checkpoint continues exactly as if it had not stopped (tested). The learning rate is a pure
 function of the global step (linear warmup, then cosine to ``min_lr``).
 
+Resume: ``--resume`` continues only the run the checkpoints record. The recipe (every field but its
+description), the data (spec and content hash), seed, batch size, ``--samples`` and the epoch count (the
+learning-rate schedule spans all epochs, so another count would train the remaining epochs on another
+schedule) must equal what each size's checkpoint recorded; otherwise one line names each difference. A
+size without a checkpoint starts from scratch only when another requested size has one (a family run
+interrupted before reaching it); with none at all ``--resume`` is an error. The ISI monitor's loss window
+and warning state are saved with each epoch checkpoint and ``monitor.csv`` rows past the resume point are
+dropped, so a resumed run's ``monitor.csv`` equals an uninterrupted run's (tested).
+
 Distributed: under torchrun each rank takes every world_size-th image of each global batch
 and DistributedDataParallel averages the gradients, which equals one process on the global
 batch (tested with two gloo processes). Only rank 0 writes files.
@@ -39,6 +48,7 @@ from ..data import (
     stratified_subset,
 )
 from ..models.checkpoint import apply_state_dict, load_state_dict, save_checkpoint
+from ..outputs import check_writable
 from .distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from .monitor import ISIMonitor
 from .recipe import load_recipe, model_args, recipe_hash
@@ -159,6 +169,10 @@ def train(cfg: TrainConfig) -> dict[str, Path]:
         if (out / s).exists() and not (cfg.resume or cfg.overwrite):
             raise VitdepthError(f"{out / s} already exists; pass --resume to continue it or --overwrite to "
                                 "start again")
+    _check_out_writable(out, sizes)
+    points = _resume_points(out, sizes) if cfg.resume else {}
+    if cfg.resume:
+        _refuse_differences(out, [d for meta in points.values() for d in _setting_differences(cfg, recipe, meta)])
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise VitdepthError(f"--device {cfg.device} was asked for but CUDA is not available; use --device cpu")
     ctx = init_distributed(cfg.device)
@@ -166,6 +180,10 @@ def train(cfg: TrainConfig) -> dict[str, Path]:
                           else cfg.device)
     if recipe["batch_size"] % ctx.world_size:
         raise VitdepthError(f"batch size {recipe['batch_size']} is not divisible by the {ctx.world_size} processes")
+    aug = recipe["augment"]
+    if (aug["mixup"] or aug["cutmix"]) and (recipe["batch_size"] // ctx.world_size) % 2:
+        raise VitdepthError(f"recipe fields 'augment.mixup' / 'augment.cutmix' need an even batch per process; got "
+                            f"{recipe['batch_size'] // ctx.world_size}; use an even --batch-size")
 
     source = create_source(recipe["data"], seed=recipe["seed"])
     labels = np.asarray(source.labels)
@@ -173,6 +191,11 @@ def train(cfg: TrainConfig) -> dict[str, Path]:
     indices = stratified_subset(labels, cfg.samples, recipe["seed"]) if cfg.samples else np.arange(len(source))
     splits = stratified_splits(labels[indices], tuple(recipe["split"]), seed=recipe["seed"])
     split_idx = {name: indices[splits == i] for i, name in enumerate(("train", "val", "test"))}
+    if points:
+        identity = source.identity()
+        _refuse_differences(out, [d for meta in points.values() for d in _data_differences(identity, meta)])
+        for size, meta in points.items():
+            _refuse_part_way(out, size, meta, len(split_idx["train"]) // recipe["batch_size"])
     results = {}
     for size in sizes:
         results[size] = _train_size(cfg, recipe, size, source, split_idx, ctx, device)
@@ -212,12 +235,13 @@ def _train_size(cfg: TrainConfig, recipe: dict, size: str, source, split_idx, ct
                             "lower --batch-size")
     total_steps = steps_per_epoch * recipe["epochs"]
     warmup_steps = int(round(sched["warmup_epochs"] * steps_per_epoch))
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step, history, monitor_state = 0, 0, [], None
     last = out / "last"
     if cfg.resume and (last / "train_state.pt").is_file():
         apply_state_dict(model, load_state_dict(last / "model.safetensors"), str(last))
         state = torch.load(last / "train_state.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
+        monitor_state = state.get("monitor")
         start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["history"])
         _log(ctx, cfg.quiet, f"{size}: resuming after epoch {start_epoch} (step {step})")
     ddp = model
@@ -230,7 +254,10 @@ def _train_size(cfg: TrainConfig, recipe: dict, size: str, source, split_idx, ct
         held_out = split_idx["val"][: recipe["monitor"]["images"]]
         images = torch.stack([eval_tf(source.load(int(i))) for i in held_out])
         monitor = ISIMonitor(model, images, every=recipe["monitor"]["every"], out_dir=out, warmup_steps=warmup_steps,
-                             log=None if cfg.quiet else (lambda s: print(s, file=sys.stderr, flush=True)))
+                             log=None if cfg.quiet else (lambda s: print(s, file=sys.stderr, flush=True)),
+                             start_step=step)  # rows a killed run wrote past its last checkpoint are redone
+        if monitor_state is not None:
+            monitor.load_state_dict(monitor_state)
     mixup = _mixup(recipe, len(source.class_names))
     criterion = _criterion(recipe, mixup)
     dataset = _TrainImages(source, _train_transform(recipe))
@@ -278,7 +305,8 @@ def _train_size(cfg: TrainConfig, recipe: dict, size: str, source, split_idx, ct
         _log(ctx, cfg.quiet, f"{size} epoch {epoch + 1}/{recipe['epochs']}: loss {rec['train_loss']:.4f} "
                              f"val_acc {rec['val_acc']:.4f} ({time.perf_counter() - t0:.0f}s)")
         if ctx.is_main:
-            _write_last(model, optimizer, last, recipe, size, args, epoch + 1, step, history, source)
+            _write_last(model, optimizer, last, recipe, size, args, epoch + 1, step, history, source, cfg.samples,
+                        None if monitor is None else monitor.state_dict())
         barrier(ctx)
         for cb in cfg.callbacks:
             cb({"size": size, **rec})
@@ -290,7 +318,7 @@ def _train_size(cfg: TrainConfig, recipe: dict, size: str, source, split_idx, ct
     test_acc = correct / total if total else float("nan")
     train_time = sum(r["epoch_time_s"] for r in history)
     if ctx.is_main:
-        meta = _checkpoint_meta(recipe, size, args, source, history)
+        meta = _checkpoint_meta(recipe, size, args, source, history, cfg.samples)
         meta.update({"test_acc": test_acc, "test_n": total, "complete": not stopped,
                      "train_time_s": train_time, "max_steps": cfg.max_steps})
         save_checkpoint(model, out, meta)
@@ -303,26 +331,148 @@ def _train_size(cfg: TrainConfig, recipe: dict, size: str, source, split_idx, ct
     return out
 
 
-def _checkpoint_meta(recipe, size, args, source, history) -> dict:
+def _checkpoint_meta(recipe, size, args, source, history, samples) -> dict:
     return {"arch": "timm.VisionTransformer", "model_args": args, "preprocess": preprocess_of(recipe).to_dict(),
             "class_names": list(source.class_names), "recipe_name": recipe["name"], "recipe": recipe,
             "recipe_hash": recipe_hash(recipe), "size": size, "data": source.identity(), "seed": recipe["seed"],
-            "history": history, "vitdepth_version": __version__, "torch": torch.__version__}
+            "samples": samples, "history": history, "vitdepth_version": __version__, "torch": torch.__version__}
 
 
-def _write_last(model, optimizer, last: Path, recipe, size, args, epoch, step, history, source) -> None:
+def _write_last(model, optimizer, last: Path, recipe, size, args, epoch, step, history, source, samples,
+                monitor_state) -> None:
     # written to a temporary sibling and swapped in, so an interruption never leaves a torn resume point
     tmp = last.with_name("last.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    meta = _checkpoint_meta(recipe, size, args, source, history)
+    meta = _checkpoint_meta(recipe, size, args, source, history, samples)
     meta.update({"epoch": epoch, "complete": False})
     save_checkpoint(model, tmp, meta)
-    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "history": history},
-               tmp / "train_state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "history": history,
+                "monitor": monitor_state}, tmp / "train_state.pt")
     if last.exists():
         shutil.rmtree(last)
     tmp.rename(last)
+
+
+def _check_out_writable(out: Path, sizes: list[str]) -> None:
+    """Refuse an ``--out`` that cannot be written before any data is read or any step is trained."""
+    if out.exists() and not out.is_dir():
+        raise VitdepthError(f"--out {out} is a file, not a directory; choose another --out")
+    if not out.exists():
+        check_writable(out)  # probes the first existing directory above it
+        return
+    for s in sizes:
+        d = out / s
+        if d.exists() and not d.is_dir():
+            raise VitdepthError(f"--out {out}: {d} is a file, not a directory; move it or choose another --out")
+        check_writable(d)  # probes --out itself
+        if d.is_dir():
+            check_writable(d / "last")  # probes the size directory a resumed run writes into
+
+
+# recipe fields the CLI overrides -> the option
+_OVERRIDES = {"seed": "--seed", "batch_size": "--batch-size", "epochs": "--epochs", "data": "--data"}
+_UNSET = object()
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise VitdepthError(f"{path} cannot be read ({e}); remove {path.parent} or start a new --out") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("recipe"), dict):
+        raise VitdepthError(f"{path} records no recipe, so the run cannot be checked; start a new --out")
+    return meta
+
+
+def _resume_points(out: Path, sizes: list[str]) -> dict[str, dict]:
+    """``{size: checkpoint config}`` of the requested sizes that have something to resume (complete or last)."""
+    points = {}
+    for s in sizes:
+        final, last = out / s / "config.json", out / s / "last"
+        meta = _read_meta(final) if final.is_file() else {}
+        if meta.get("complete"):
+            points[s] = meta
+        elif (last / "train_state.pt").is_file():
+            points[s] = _read_meta(last / "config.json")
+    if not points:
+        there = [s for s in sizes if (out / s).exists()]
+        fix = ("drop --resume and pass --overwrite to start again" if there
+               else "drop --resume to start a new run")
+        raise VitdepthError(f"--resume: nothing to resume in {out} (no epoch checkpoint of size "
+                            f"{', '.join(sizes)}); {fix}")
+    return points
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _show(value) -> str:
+    return "not given (all images)" if value is None else str(value)
+
+
+def _setting_differences(cfg: TrainConfig, recipe: dict, meta: dict) -> list[str]:
+    """What this call would train differently from the run a checkpoint records (empty when it may resume)."""
+    recorded = meta["recipe"]
+    diffs = []
+    for key, flag in _OVERRIDES.items():
+        now, then = recipe[key], recorded.get(key, _UNSET)
+        if then is _UNSET or now == then:
+            continue
+        what = f"{flag} {now}" if getattr(cfg, key) is not None else f"the recipe's {key} {now} (no {flag} given)"
+        diffs.append(f"{what} differs from the checkpoint's {then}")
+    if "samples" in meta and meta["samples"] != cfg.samples:  # checkpoints before 'samples' was recorded: unknown
+        diffs.append(f"--samples {_show(cfg.samples)} differs from the checkpoint's {_show(meta['samples'])}")
+    if recipe["name"] != recorded.get("name"):
+        diffs.append(f"recipe {recipe['name']!r} differs from the checkpoint's {recorded.get('name')!r}")
+    skip = {*_OVERRIDES, "name", "description"}  # the description changes nothing that is trained
+    now_flat = _flat({k: v for k, v in recipe.items() if k not in skip})
+    then_flat = _flat({k: v for k, v in recorded.items() if k not in skip})
+    changed = sorted(k for k in now_flat.keys() | then_flat.keys()
+                     if now_flat.get(k, _UNSET) != then_flat.get(k, _UNSET))
+    if changed:
+        shown = [f"'{k}' {now_flat.get(k, 'absent')} (checkpoint: {then_flat.get(k, 'absent')})" for k in changed[:3]]
+        more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+        fields = "fields" if len(changed) > 1 else "field"
+        verb = "differ" if len(changed) > 1 else "differs"
+        diffs.append(f"recipe {fields} {', '.join(shown)}{more} {verb} from the checkpoint's recipe (hash "
+                     f"{recipe_hash(recipe)[:12]} vs {str(meta.get('recipe_hash'))[:12]})")
+    return diffs
+
+
+def _data_differences(identity: dict, meta: dict) -> list[str]:
+    """A difference only visible once the data is read: the same data spec with other images or labels."""
+    then = meta.get("data") or {}
+    if then.get("spec") == identity["spec"] and then.get("content_hash") not in (None, identity["content_hash"]):
+        return [f"the data {identity['spec']} has changed since the checkpoint (content hash "
+                f"{identity['content_hash'][:12]} vs {str(then['content_hash'])[:12]})"]
+    return []
+
+
+def _refuse_part_way(out: Path, size: str, meta: dict, steps_per_epoch: int) -> None:
+    """A --max-steps run stopped inside an epoch saved that epoch as done: resuming would skip its rest."""
+    epoch, history = meta.get("epoch"), meta.get("history") or []
+    if meta.get("complete") or not epoch or not history:
+        return
+    step = history[-1].get("step")
+    if step != epoch * steps_per_epoch:
+        raise VitdepthError(f"cannot resume {out / size}: --max-steps stopped it at step {step}, part-way through "
+                            f"epoch {epoch} (which ends at step {epoch * steps_per_epoch}); start a new --out or "
+                            "pass --overwrite")
+
+
+def _refuse_differences(out: Path, diffs: list[str]) -> None:
+    unique = list(dict.fromkeys(diffs))  # the sizes of a family usually share each difference
+    if unique:
+        raise VitdepthError(f"cannot resume {out}: {'; '.join(unique)}; resume with the same settings or start a "
+                            "new --out")
 
 
 def _mixup(recipe: dict, num_classes: int):

@@ -27,6 +27,7 @@ Usable from any loop::
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from ..models import TappedModel, tap_module
 from ..phases import fit_three_segments
 
 MONITOR_METRICS = ("isi_attn", "token_sim", "attn_entropy")
+CSV_HEADER = ["step", "layer", "metric", "value", "loss"]
 
 
 class LateLayersFlatWarning(UserWarning):
@@ -61,12 +63,16 @@ class ISIMonitor:
         loss_drop: relative fall of the mean loss that counts as "still falling".
         patience: consecutive evaluations the condition must hold before the warning.
         warmup_steps: no warning before this step (e.g. the learning-rate warmup).
+        start_step: the step a resumed run continues from: rows of an existing ``monitor.csv`` at or after it
+            are dropped (the resumed run writes them again); None appends to an existing file unchanged. Restore
+            the loss window and warning state with :meth:`load_state_dict` so the rows equal an uninterrupted run's.
     """
 
     def __init__(self, model: nn.Module | TappedModel, images: torch.Tensor, every: int = 100,
                  out_dir: str | Path | None = None, tensorboard: bool | None = None,
                  log: Callable[[str], None] | None = lambda s: print(s, file=sys.stderr),
-                 flat_tol: float = 0.1, loss_drop: float = 0.01, patience: int = 3, warmup_steps: int = 0):
+                 flat_tol: float = 0.1, loss_drop: float = 0.01, patience: int = 3, warmup_steps: int = 0,
+                 start_step: int | None = None):
         if every < 1:
             raise ValueError(f"The 'every' parameter of ISIMonitor must be an int >= 1. Got {every} instead.")
         self.tapped = model if isinstance(model, TappedModel) else tap_module(model)
@@ -84,11 +90,13 @@ class ISIMonitor:
         self._tb = None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if start_step is not None:
+                _drop_rows_from(self.out_dir / "monitor.csv", start_step)
             new = not (self.out_dir / "monitor.csv").exists()
             self._csv = open(self.out_dir / "monitor.csv", "a", newline="")  # noqa: SIM115 (closed in close())
             self._writer = csv.writer(self._csv)
             if new:
-                self._writer.writerow(["step", "layer", "metric", "value", "loss"])
+                self._writer.writerow(CSV_HEADER)
             if tensorboard is not False:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -174,6 +182,17 @@ class ISIMonitor:
         before = np.mean(self.losses[-2 * self.every:-self.every])
         return bool(recent < (1 - self.loss_drop) * before)
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue exactly: the loss window, the flatness streak, the warning flag."""
+        return {"losses": [float(x) for x in self.losses[-2 * self.every:]], "streak": int(self._streak),
+                "warned": bool(self.warned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (at the step the run resumes from)."""
+        self.losses = [float(x) for x in state.get("losses", [])]
+        self._streak = int(state.get("streak", 0))
+        self.warned = bool(state.get("warned", False))
+
     def close(self) -> None:
         """Flush and close the CSV / TensorBoard writers."""
         if self._csv is not None:
@@ -182,3 +201,18 @@ class ISIMonitor:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _drop_rows_from(path: Path, start_step: int) -> None:
+    """Keep the header and the rows of ``monitor.csv`` before ``start_step`` (rewritten atomically)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [r for r in rows if r and r[0].isdigit() and int(r[0]) < start_step]
+    if rows and rows[0] == CSV_HEADER and len(kept) == len(rows) - 1:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([CSV_HEADER, *kept])
+    os.replace(tmp, path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import re
 from importlib import resources
 from numbers import Real
 from pathlib import Path
@@ -91,6 +93,8 @@ def validate_recipe(recipe: dict, source: str) -> dict:
         ok = isinstance(value, types) and not isinstance(value, bool)
         if ok and isinstance(value, list):
             ok = all(isinstance(x, Real) and not isinstance(x, bool) for x in value)
+        if ok:  # JSON's Infinity / NaN pass most range checks
+            ok = all(math.isfinite(x) for x in (value if isinstance(value, list) else [value]) if isinstance(x, Real))
         if ok and check is not None:
             ok = bool(check(value))
         if not ok:
@@ -106,9 +110,68 @@ def validate_recipe(recipe: dict, source: str) -> dict:
         if spec["embed_dim"] % spec["num_heads"]:
             raise VitdepthError(f"recipe field 'sizes.{size}' in {source}: embed_dim {spec['embed_dim']} is not "
                                 f"divisible by num_heads {spec['num_heads']}")
+    randaugment = recipe["augment"]["randaugment"]
+    if randaugment is not None:
+        problem = randaugment_problem(randaugment)
+        if problem:
+            raise VitdepthError(f"recipe field 'augment.randaugment' in {source} must be null or a timm RandAugment "
+                                f"string such as 'rand-m9-mstd0.5-inc1'; got {randaugment!r} ({problem})")
     if recipe["image_size"] % recipe["patch_size"]:
         raise VitdepthError(f"recipe field 'patch_size' in {source} must divide image_size {recipe['image_size']}")
     return recipe
+
+
+# numeric sections of a timm RandAugment string: key -> (parser, check, requirement)
+_RANDAUGMENT_SECTIONS = {
+    "m": (int, lambda v: v >= 0, "an int magnitude >= 0"),
+    "n": (int, lambda v: v >= 1, "an int number of ops >= 1"),
+    "p": (float, lambda v: 0 <= v <= 1, "a probability"),
+    "mstd": (float, lambda v: v >= 0, "a magnitude std >= 0"),
+    "mmax": (int, lambda v: v >= 1, "an int maximum magnitude >= 1"),
+    "inc": (int, lambda v: v in (0, 1), "0 or 1"),
+}
+
+
+def randaugment_problem(value: str) -> str | None:
+    """What is wrong with a timm RandAugment string, or None when timm reads it as written.
+
+    timm's own parser (:func:`timm.data.auto_augment.rand_augment_transform`) silently skips sections it does
+    not understand ("rand-bogus" builds the default RandAugment) and falls back to the default ops for an unknown
+    transform set ("rand-tbogus"), so each section is checked here first, then timm builds the transform.
+
+    Args:
+        value: the recipe's ``augment.randaugment`` string, e.g. ``"rand-m9-mstd0.5-inc1"``.
+
+    Returns:
+        None when the string is valid, else a short description of the first problem (for a one-line error).
+    """
+    from timm.data.auto_augment import rand_augment_choices, rand_augment_transform
+
+    parts = value.split("-")
+    if parts[0] != "rand":
+        return "it must start with 'rand-'"
+    fallback = rand_augment_choices("", increasing=True)
+    for part in parts[1:]:
+        if part.startswith("t"):
+            if rand_augment_choices(part[1:], increasing=True) is fallback:
+                return f"unknown transform set '{part[1:]}' in section '{part}'"
+            continue
+        match = re.fullmatch(r"([a-z]+)(\d.*)", part)
+        if not match or match.group(1) not in _RANDAUGMENT_SECTIONS:
+            return (f"unknown section '{part}'; sections are m<int>, n<int>, p<float>, mstd<float>, mmax<int>, "
+                    "inc<0|1>, t<name>")
+        parse, check, requirement = _RANDAUGMENT_SECTIONS[match.group(1)]
+        try:
+            number = parse(match.group(2))
+        except ValueError:
+            return f"section '{part}' must be '{match.group(1)}' followed by {requirement}"
+        if not check(number):
+            return f"section '{part}' must be '{match.group(1)}' followed by {requirement}"
+    try:
+        rand_augment_transform(value, None)
+    except Exception as e:  # noqa: BLE001 - any failure of timm's parser is a bad string
+        return f"timm cannot build it: {type(e).__name__}: {e}".splitlines()[0]
+    return None
 
 
 def list_recipes() -> list[str]:
