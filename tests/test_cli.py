@@ -107,6 +107,10 @@ def test_analyze_folder_with_unreadable_files(tmp_path, tiny_ckpt, capsys):
     assert skipped == ["broken.png", "truncated.png"]
     assert run["data"]["analyzed"] == 36
     assert any("skipped" in w for w in run["warnings"])
+    # one summary line on the console (issue 10, item 19)
+    code, stdout, _ = _run(["analyze", f"file:{tiny_ckpt}", "--data", f"folder:{data}", "--out",
+                            str(tmp_path / "loud")], capsys)
+    assert code == 0 and "warning: 2 unreadable images were skipped" in stdout
     # --strict fails naming the file, and leaves nothing behind
     out2 = tmp_path / "strict"
     code, _, stderr = _run(["analyze", f"file:{tiny_ckpt}", "--data", f"folder:{data}", "--out", str(out2),

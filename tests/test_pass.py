@@ -86,6 +86,13 @@ def test_nonfinite_activations_are_flagged_per_layer(tmp_path, tiny16):
     assert all("60 images" in w for w in run["warnings"] if "NaN/Inf" in w)
     probed = {layer for (metric, ts, layer) in _table(out) if metric == "probe_acc" and ts == "mean"}
     assert probed == {"pre", "0", "1"}  # layers 2 and 3 have no finite features left: no rows, never zeros
+    # the console summary shows every layer, marks the non-finite ones and prints the warnings (issue 10, item 18)
+    from vitdepth.analysis.run import summarize
+
+    text = summarize(out)
+    lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip() and ln.split()[0] in ("2", "3")}
+    assert set(lines) == {"2", "3"} and all("NaN/Inf" in ln for ln in lines.values())
+    assert "layers 2, 3 hold NaN/Inf activations" in text and "warning: layer 2:" in text
 
 
 def test_feature_cache_round_trip(tmp_path):

@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from . import __version__
 from ._errors import VitdepthError
+
+
+def _int_in(name: str, low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], with a one-line error naming the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+SEED = _int_in("--seed", 0, 2**32 - 1)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so cleanup (partial directories, locks) runs as for Ctrl-C."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise _Terminated
 
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitdepth", description="Layer-by-layer depth diagnostics for vision "
                                 "transformers (arXiv 2511.21635).")
     p.add_argument("--version", action="version", version=f"vitdepth {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="one streaming pass: per-layer metrics, probes, run directory")
@@ -21,10 +51,11 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", default="digits", help="data spec: digits, synthetic[:n=..,classes=..,size=..], "
                                                     "folder:PATH[:split=val] (default: digits)")
     a.add_argument("--out", required=True, help="run directory to write")
-    a.add_argument("--samples", type=int, default=None, help="analyze a stratified subset of N images")
-    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--samples", type=_int_in("--samples", 1), default=None,
+                   help="analyze a stratified subset of N images")
+    a.add_argument("--batch-size", type=_int_in("--batch-size", 1), default=32)
     a.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=SEED, default=0)
     a.add_argument("--checkpoint", default=None, help="weights for timm: models (safetensors or state dict)")
     a.add_argument("--random-init", action="store_true", help="build the model untrained (recorded in run.json)")
     a.add_argument("--metrics", default=None, help="metric groups (core, paper, all) and/or ids, comma-separated "
@@ -51,13 +82,16 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sizes", default=None, help="comma-separated sizes, e.g. S,B,L (default: all of the recipe)")
     t.add_argument("--data", default=None, help="data spec overriding the recipe's")
     t.add_argument("--out", required=True, help="output directory; one checkpoint directory per size")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None, help="global batch size (split across processes)")
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--epochs", type=_int_in("--epochs", 1), default=None)
+    t.add_argument("--batch-size", type=_int_in("--batch-size", 1), default=None,
+                   help="global batch size (split across processes)")
+    t.add_argument("--seed", type=SEED, default=None)
     t.add_argument("--device", default="cpu")
-    t.add_argument("--samples", type=int, default=None, help="train on a stratified subset of N images")
-    t.add_argument("--max-steps", type=int, default=None, help="stop each size after N optimiser steps (smoke runs)")
-    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--samples", type=_int_in("--samples", 1), default=None,
+                   help="train on a stratified subset of N images")
+    t.add_argument("--max-steps", type=_int_in("--max-steps", 1), default=None,
+                   help="stop each size after N optimiser steps (smoke runs)")
+    t.add_argument("--num-workers", type=_int_in("--num-workers", 0), default=0)
     t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint of each size")
     t.add_argument("--overwrite", action="store_true", help="start again, replacing existing sizes")
     t.add_argument("--no-monitor", action="store_true", help="do not run the ISI monitor")
@@ -104,9 +138,11 @@ def _cmd_train(args) -> int:
                       num_workers=args.num_workers)
     try:
         results = train(cfg)
-    except KeyboardInterrupt:
-        print(f"vitdepth: interrupted; continue with: vitdepth train ... --out {args.out} --resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, _Terminated) as e:
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated (SIGTERM)"
+        print(f"vitdepth: {what}; the last completed epoch is kept: continue with: vitdepth train ... --out "
+              f"{args.out} --resume", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 143
     if not args.quiet:
         import json
 
@@ -156,8 +192,16 @@ def _cmd_models(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Entry point; returns the exit code.
+
+    Known problems end in one line (``vitdepth: error: ...``, exit 2); Ctrl-C and SIGTERM clean up and exit 130 /
+    143; anything unexpected ends in one line with its type and message (exit 1) unless ``--debug`` asks for the
+    traceback.
+    """
     args = _build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"analyze": _cmd_analyze, "train": _cmd_train, "compare": _cmd_compare, "demo": _cmd_demo,
                 "models": _cmd_models}[args.command](args)
@@ -165,8 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitdepth: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("vitdepth: interrupted", file=sys.stderr)
+        print("vitdepth: interrupted; nothing was written (partial output removed)", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("vitdepth: terminated (SIGTERM); nothing was written (partial output removed)", file=sys.stderr)
+        return 143
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        print(f"vitdepth: error: unexpected {type(e).__name__}: {first} (run again with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

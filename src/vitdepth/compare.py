@@ -11,11 +11,11 @@ overlays on absolute layer and on relative depth and a comparison report.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from ._errors import VitdepthError
-from .results import RunResults, layer_order, load_run
+from .outputs import OutputDir
+from .results import RunResults, layer_order, load_phases, load_run
 from .summaries import build_phases
 
 OVERLAY = (("probe_acc", "mean"), ("probe_acc", "cls"), ("token_sim", ""), ("isi_attn", ""), ("isi_rec", ""),
@@ -72,9 +72,8 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
     """
     if len(run_dirs) < 2:
         raise VitdepthError("compare needs at least two run directories (e.g. the S, B and L runs of a family)")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise VitdepthError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    od = OutputDir(out, "compare", overwrite=overwrite, inputs=[Path(d) for d in run_dirs])
+    od.check()  # before reading anything: never an input, the current directory or a user's folder
     runs = [load_run(d) for d in run_dirs]
     keys = {_data_key(r) for r in runs}
     if len(keys) > 1 and not allow_mixed_data:
@@ -83,9 +82,9 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
         raise VitdepthError(f"the runs were made on different data ({specs}); analyze them on the same data or pass "
                             "--allow-mixed-data")
     phases = []
-    for r in runs:
-        p = r.path / "phases.json"
-        phases.append(json.loads(p.read_text()) if p.is_file() else build_phases(r.path))
+    for r in runs:  # a phases.json that does not belong to its layers.csv is refused; a legacy one is refitted
+        p = load_phases(r)
+        phases.append(p if p is not None else build_phases(r.path, write=False))
     models = [_model_summary(r, p) for r, p in zip(runs, phases, strict=True)]
     names = [m["name"] for m in models]
     for i, m in enumerate(models):  # keep names unique for tables and legends
@@ -109,24 +108,15 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
     recommendations = [f"{m['name']}: {rec}" for m in models for rec in m["recommendations"]]
     result = {"models": models, "shifts": shifts, "recommendations": recommendations,
               "allow_mixed_data": allow_mixed_data, "mixed_data": len(keys) > 1}
-    tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        (tmp / "compare.json").write_text(json.dumps(result, indent=2))
+    with od:
+        (od.tmp / "compare.json").write_text(json.dumps(result, indent=2))
         if figures:
             from .report.figures import write_compare_figures
             from .report.html import write_compare_report
 
-            write_compare_figures(tmp, runs, phases, [m["name"] for m in models], OVERLAY)
-            write_compare_report(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_compare_figures(od.tmp, runs, phases, [m["name"] for m in models], OVERLAY)
+            write_compare_report(od.tmp)
+        out = od.commit()
     return out
 
 

@@ -30,23 +30,27 @@ def run_demo(out: str | Path = "vitdepth-demo", overwrite: bool = True, quiet: b
     """
     from .analysis.run import AnalyzeConfig, analyze
     from .compare import compare_runs
+    from .outputs import OutputDir
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise VitdepthError(f"{out} already exists; pass --overwrite or another --out")
     root = demo_models_dir()
     missing = [s for s in SIZES if not (root / s / "model.safetensors").is_file()]
     if missing:
         raise VitdepthError(f"the demo family is missing sizes {', '.join(missing)} in {root}; rebuild it with "
                             "bash tools/build_demo_family.sh")
+    # the demo replaces its own previous output (marked by vitdepth), never a folder or files of the user's
+    od = OutputDir(out, "demo", overwrite=overwrite)
     t0 = time.perf_counter()
-    runs = []
-    for size in SIZES:
-        t = time.perf_counter()
-        runs.append(analyze(AnalyzeConfig(model=f"file:{root / size}", data="digits", out=str(out / size),
-                                          name=f"ViT-{size}", batch_size=batch_size, overwrite=True, quiet=True,
-                                          metrics="paper")))
-        if not quiet:
-            print(f"analyzed ViT-{size} in {time.perf_counter() - t:.1f}s -> {runs[-1]}", flush=True)
-    cmp_dir = compare_runs(runs, out / "compare", overwrite=True)
+    with od:
+        runs = []
+        for size in SIZES:
+            t = time.perf_counter()
+            runs.append(analyze(AnalyzeConfig(model=f"file:{root / size}", data="digits", out=str(od.tmp / size),
+                                              name=f"ViT-{size}", batch_size=batch_size, quiet=True,
+                                              metrics="paper")))
+            if not quiet:
+                print(f"analyzed ViT-{size} in {time.perf_counter() - t:.1f}s", flush=True)
+        compare_runs(runs, od.tmp / "compare")
+        final = od.commit()
+    runs = [final / size for size in SIZES]
+    cmp_dir = final / "compare"
     return {"runs": runs, "compare": cmp_dir, "seconds": time.perf_counter() - t0}

@@ -11,11 +11,12 @@ Every directory vitdepth writes (a run, a comparison, a demo, a training family)
 - **a marker**: a complete output carries :data:`MARKER` (``.vitdepth-output.json``: kind, version, the
   list of files vitdepth wrote). ``--overwrite`` replaces only a directory whose marker is complete and
   of the same kind, and refuses when it holds files vitdepth did not write (a user's ``notes.md``);
-- **an atomic swap**: the new output is built in ``.NAME.partial-PID``; on commit the old one is moved
+- **an atomic swap**: the new output is built in ``.NAME.partial-PID``; on commit it is exchanged with the
+  old one in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so the output path always holds a complete
+  output, and the old one is removed last. Where the exchange is not available the old output is moved
   aside to ``.NAME.old-PID``, the new one renamed in, and the old one removed last. A process killed in
-  between leaves both; the next command on the same output restores or removes them (stale partial
-  directories of dead processes are removed, a moved-aside old output whose new one never arrived is
-  moved back).
+  between leaves stale directories; the next command on the same output removes them (or moves an old
+  output back whose new one never arrived).
 
 Directories written before markers existed (a ``run.json`` by vitdepth, or a ``compare.json``) count as
 complete outputs of their kind and list no files: replacing them still refuses unknown files by name
@@ -44,6 +45,7 @@ LEGACY_NAMES = {
     "run": {"run.json", "layers.csv", "layers.parquet", "per_image.npz", "cache", "figures", "phases.json",
             "report.html"},
     "compare": {"compare.json", "figures", "report.html"},
+    "demo": {"S", "B", "L", "compare"},
 }
 #: Environment variable naming a step of :meth:`OutputDir.commit` at which to kill the process (tests only).
 FAULT_ENV = "VITDEPTH_FAULT_INJECT"
@@ -78,6 +80,9 @@ def read_marker(path: Path) -> dict | None:
             return {"kind": "run", "complete": True, "legacy": True}
     if (path / "compare.json").is_file():
         return {"kind": "compare", "complete": True, "legacy": True}
+    parts = [path / name for name in LEGACY_NAMES["demo"]]
+    if all(p.is_dir() and read_marker(p) is not None for p in parts):
+        return {"kind": "demo", "complete": True, "legacy": True}
     return None
 
 
@@ -98,7 +103,12 @@ def _files(root: Path) -> list[str]:
 def _unknown_files(path: Path, marker: dict) -> list[str]:
     if marker.get("legacy"):
         allowed = LEGACY_NAMES.get(marker["kind"], set())
-        return sorted(e.name for e in os.scandir(path) if e.name not in allowed)
+        unknown = sorted(e.name for e in os.scandir(path) if e.name not in allowed)
+        if marker["kind"] == "demo":  # its parts are legacy runs and a comparison: look inside them too
+            for name in sorted(allowed):
+                part = read_marker(path / name)
+                unknown += [f"{name}/{f}" for f in _unknown_files(path / name, part)] if part else [name]
+        return unknown
     written = set(marker.get("files", []))
     return [f for f in _files(path) if f not in written]
 
@@ -296,15 +306,22 @@ class OutputDir:
     def commit(self) -> Path:
         """Mark the partial directory complete and swap it in atomically; returns the output path."""
         (self.tmp / MARKER).write_text(json.dumps(self._marker(complete=True)))
-        old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-        if self.out.exists():
+        if not self.out.exists():
+            os.rename(self.tmp, self.out)
+        else:
             self._check_replaceable()  # nothing appeared in it while we worked
-            os.rename(self.out, old)
-            _fault("after-aside")
-        os.rename(self.tmp, self.out)
+            if _exchange(self.tmp, self.out):
+                # one atomic step: the output path now holds the new output and the partial path the old one, which
+                # a kill here leaves as a stale partial directory (removed by the next command on this output)
+                _fault("after-swap")
+                shutil.rmtree(self.tmp)
+            else:  # no RENAME_EXCHANGE (not Linux, or the filesystem lacks it): old aside, new in, old removed last
+                old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+                os.rename(self.out, old)
+                _fault("after-swap")
+                os.rename(self.tmp, self.out)
+                shutil.rmtree(old)
         _fault("after-rename")
-        if old.exists():
-            shutil.rmtree(old)
         self._committed = True
         return self.given
 
@@ -324,6 +341,30 @@ class OutputDir:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
             self._release()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; False where that is not available.
+
+    Hand-written (ctypes) because the standard library has no atomic exchange of two directories.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _fault(step: str) -> None:

@@ -4,16 +4,18 @@ Reads ``layers.csv``, ``per_image.npz`` and ``run.json`` of a run directory and 
 ``phases.json``: three-segment phase fits (with bootstrap breakpoint CIs where per-image
 values exist), the saturation layer (effective depth), useful depth, the information–task
 trade-off onset with the ISI rise after it, the truncation estimate and plain-language
-recommendations.
+recommendations. ``phases.json`` records the sha256 of the ``layers.csv`` it was fitted to.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ._errors import VitdepthError
 from .phases import PhaseThresholds, bootstrap_breakpoints, fit_three_segments, saturation_layer, tradeoff_onset
 from .results import layer_order, load_run
 
@@ -41,16 +43,41 @@ def _per_image_matrix(npz, metric: str, token_set: str, layers: list[str], xs: l
 
 
 def build_phases(run_dir: str | Path, thresholds: PhaseThresholds | None = None, n_boot: int = 200,
-                 fraction: float = 0.99) -> dict:
-    """Fit phases and depth summaries for a run directory and write ``phases.json``."""
+                 fraction: float = 0.99, write: bool = True) -> dict:
+    """Fit phases and depth summaries for a run directory and write ``phases.json`` (unless ``write`` is False).
+
+    ``phases.json`` records ``layers_sha256``, the sha256 of the ``layers.csv`` bytes it was fitted to, so that
+    :func:`vitdepth.results.load_phases` can refuse it once ``layers.csv`` changes. Curves without a finite
+    probe accuracy get no saturation (and no trade-off onset).
+
+    Args:
+        run_dir: a run directory (``run.json`` and ``layers.csv``; ``per_image.npz`` adds breakpoint CIs).
+        thresholds: phase-fit thresholds (default :class:`~vitdepth.phases.PhaseThresholds`).
+        n_boot: bootstrap resamples of the breakpoints.
+        fraction: fraction of the best probe accuracy that defines saturation.
+        write: write ``phases.json`` into the run directory (``compare`` refits in memory: it never writes into
+            its inputs).
+
+    Returns:
+        The phases, as written.
+
+    Raises:
+        VitdepthError: an unreadable run directory or ``per_image.npz`` (see :func:`vitdepth.results.load_run`).
+    """
     thresholds = thresholds or PhaseThresholds()
     res = load_run(run_dir)
     depth = int(res.run["model"]["depth"])
     layers = list(res.run["model"]["layers"])
     npz_path = Path(run_dir) / "per_image.npz"
-    npz = dict(np.load(npz_path)) if npz_path.is_file() else {}
+    try:
+        npz = dict(np.load(npz_path)) if npz_path.is_file() else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise VitdepthError(f"{npz_path} is unreadable, truncated or corrupt ({type(e).__name__}); re-run vitdepth "
+                            "analyze") from None
     seed = int(res.run.get("seed", 0))
-    out: dict = {"thresholds": thresholds.to_dict(), "fits": {}, "saturation": {}, "recommendations": []}
+    # the layers.csv these phases were fitted to: results.load_phases refuses the file once layers.csv changes
+    out: dict = {"layers_sha256": res.layers_sha256, "thresholds": thresholds.to_dict(), "fits": {},
+                 "saturation": {}, "recommendations": []}
     for metric, ts in FITTED:
         curve = [r for r in res.curve(metric, ts) if np.isfinite(r["value"])]
         if len(curve) < 5:
@@ -69,8 +96,8 @@ def build_phases(run_dir: str | Path, thresholds: PhaseThresholds | None = None,
             entry.update(boot)
         out["fits"][curve_key(metric, ts)] = entry
     for ts in ("mean", "cls"):
-        curve = res.curve("probe_acc", ts)
-        if not curve:
+        curve = [r for r in res.curve("probe_acc", ts) if np.isfinite(r["value"])]
+        if not curve or max(r["value"] for r in curve) <= 0:  # nothing measured, nothing to saturate
             continue
         x = np.array([layer_order(r["layer"]) for r in curve], dtype=float)
         acc = np.array([r["value"] for r in curve])
@@ -83,11 +110,10 @@ def build_phases(run_dir: str | Path, thresholds: PhaseThresholds | None = None,
         sat = out["saturation"][main_ts]
         out["useful_depth"] = max(0.0, sat["relative_depth"])
         isi_metric = "isi_attn" if res.curve("isi_attn") else ("isi_rec" if res.curve("isi_rec") else None)
-        if isi_metric:
-            acc_curve = res.curve("probe_acc", main_ts)
-            isi_curve = {r["layer"]: r["value"] for r in res.curve(isi_metric)}
-            pairs = [(layer_order(r["layer"]), r["value"], isi_curve[r["layer"]]) for r in acc_curve
-                     if r["layer"] in isi_curve]
+        isi_curve = {r["layer"]: r["value"] for r in res.curve(isi_metric)} if isi_metric else {}
+        pairs = [(layer_order(r["layer"]), r["value"], isi_curve[r["layer"]]) for r in res.curve("probe_acc", main_ts)
+                 if r["layer"] in isi_curve and np.isfinite(r["value"])]
+        if pairs and any(np.isfinite(p[2]) for p in pairs):  # some layer has both a probe accuracy and an ISI
             xs, accs, isis = (np.array(v, dtype=float) for v in zip(*pairs, strict=True))
             onset = tradeoff_onset(xs, accs, isis, depth, fraction)
             out["tradeoff_onset"] = {"layer": _layer_name(onset["layer_x"]),
@@ -100,7 +126,8 @@ def build_phases(run_dir: str | Path, thresholds: PhaseThresholds | None = None,
             out["truncation"] = {**trunc, "token_set": main_ts, "probe_acc_at_cut": sat["value"],
                                  "probe_acc_full": last, "probe_acc_lost": last - sat["value"]}
     out["recommendations"] = _recommendations(out, depth)
-    (Path(run_dir) / "phases.json").write_text(json.dumps(out, indent=2))
+    if write:
+        (Path(run_dir) / "phases.json").write_text(json.dumps(out, indent=2))
     return out
 
 

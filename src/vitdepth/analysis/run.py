@@ -9,10 +9,10 @@ failure never leaves a half-written run behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 import warnings
@@ -31,6 +31,7 @@ from ..data import (
     check_labels,
     create_source,
     iterate_batches,
+    split_coverage,
     stratified_splits,
     stratified_subset,
 )
@@ -41,6 +42,7 @@ from ..metrics.isi_rec import ReconstructionISI
 from ..metrics.probes import fit_ridge_probe
 from ..metrics.stats import bootstrap_mean_ci, wilson_interval
 from ..models import TappedModel, create_model
+from ..outputs import OutputDir, disk_full_error
 from ..phases import saturation_layer
 from ..results import layer_depth, layer_order, write_layers
 from ..summaries import build_phases
@@ -92,14 +94,23 @@ def _display_name(cfg: AnalyzeConfig) -> str:
     return Path(target.rstrip("/")).name or target
 
 
-def _check_out(cfg: AnalyzeConfig) -> Path:
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise VitdepthError(f"run directory {out} already exists; pass --overwrite to replace it or choose "
-                            "another --out")
-    if out.exists() and not (out / "run.json").is_file() and any(out.iterdir()):
-        raise VitdepthError(f"{out} exists and is not a vitdepth run directory; refusing to overwrite it")
-    return out
+def _validate(cfg: AnalyzeConfig) -> None:
+    """Numeric options, checked before anything is loaded (each error names the flag)."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise VitdepthError(f"--seed must be an integer from 0 to {2**32 - 1}, got {cfg.seed}")
+    if cfg.samples is not None and (not isinstance(cfg.samples, int) or cfg.samples < 1):
+        raise VitdepthError(f"--samples must be a positive number of images, got {cfg.samples}; leave it out to "
+                            "analyze every image")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise VitdepthError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise VitdepthError(f"--image-size must be a positive number of pixels, got {cfg.image_size}")
+
+
+def _model_inputs(cfg: AnalyzeConfig) -> list[str]:
+    """Paths the model spec reads (never to be replaced by --out)."""
+    target = cfg.model.partition(":")[2]
+    return [p for p in (cfg.checkpoint, target) if p and os.path.exists(p)]
 
 
 def _versions() -> dict:
@@ -198,23 +209,33 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         VitdepthError: bad input (spec, paths, data, existing run directory); nothing is left behind.
     """
     t_start = time.perf_counter()
-    out = _check_out(cfg)
+    _validate(cfg)
+    od = OutputDir(cfg.out, "run", overwrite=cfg.overwrite, inputs=_model_inputs(cfg))
+    od.check()  # before anything is loaded: a bad --out costs nothing
     device = _resolve_device(cfg.device)
-    if cfg.batch_size < 1:
-        raise VitdepthError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    source = create_source(cfg.data, seed=cfg.seed)
+    source = create_source(cfg.data, seed=cfg.seed, exclude=[od.out])  # never read our own output as data
+    root = getattr(source, "root", None)
+    od.inputs += [Path(root)] if root is not None else []
     labels_all = np.asarray(source.labels)
     check_labels(labels_all, source.class_names)
     indices = stratified_subset(labels_all, cfg.samples, cfg.seed) if cfg.samples else np.arange(len(source))
     labels = labels_all[indices]
     check_labels(labels, source.class_names)
     splits = stratified_splits(labels, cfg.split_fractions, seed=cfg.seed)
+    coverage = split_coverage(labels, splits, source.class_names)
+    if coverage and cfg.strict:
+        raise VitdepthError(f"{coverage[0]} (--strict)")
+    source.warnings = list(getattr(source, "warnings", [])) + coverage
+    if not cfg.quiet:
+        for w in source.warnings:
+            print(f"vitdepth: warning: {w}", file=sys.stderr)
 
     metrics = resolve_metrics(cfg.metrics)
     if cfg.probe not in (None, "ridge", "logistic"):
         raise VitdepthError(f"--probe {cfg.probe!r} is not known; use ridge (always on) or logistic")
     if cfg.probe == "logistic":
         metrics |= {"probe_acc_logistic"}
+    od.check()  # the data source may have added inputs
     tm = create_model(cfg.model, checkpoint=cfg.checkpoint, random_init=cfg.random_init, seed=cfg.seed,
                       device=device, image_size=cfg.image_size)
     if cfg.preprocess:  # explicit overrides replace the library's own transform with timm's, as configured
@@ -226,20 +247,18 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     if cfg.self_check:
         check, metrics = _run_self_check(tm, source, indices, transform, device, metrics, cfg)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    # the fp16 feature cache dominates what a run writes: (layers + cls layers) x images x width x 2 bytes
+    dim = tm.sites.patch_proj.out_channels
+    od.need_bytes = int(1.25 * 2 * dim * len(indices) * (2 * len(tm.layer_names))) + (16 << 20)
     try:
-        _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics, check)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with od:
+            _analyze_into(od.tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start,
+                          metrics, check)
+            return od.commit()
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full_error(e, od.out, od.need_bytes) from None
         raise
-    return out
 
 
 #: Images the self-check compares (the first readable ones of the selection): enough for every code path,

@@ -298,7 +298,33 @@ _HF_SETTINGS = (
 )
 
 
-class HFImageProcessorTransform:
+class _LibraryTransform:
+    """RGB first, then a library's own transform (:meth:`_apply`); the output is a fixed-size float (3, H, W)."""
+
+    _what = "transform"
+    _output_shape: tuple[int, int, int]
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """``(3, H, W)`` of every tensor this transform returns."""
+        return self._output_shape
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """Preprocess one image.
+
+        Args:
+            img: A PIL image of any mode; converted with :func:`to_rgb` first.
+
+        Returns:
+            A ``float32`` tensor of shape ``(3, H, W)``.
+        """
+        return _float_output(self._apply(to_rgb(img)), self._what)
+
+    def _apply(self, rgb: Image.Image) -> Any:
+        raise NotImplementedError
+
+
+class HFImageProcessorTransform(_LibraryTransform):
     """A Hugging Face image processor as a transform: PIL image to RGB, then the processor itself.
 
     Calls ``processor(images=to_rgb(img), return_tensors="pt")["pixel_values"][0]``. The output shape is found
@@ -320,22 +346,8 @@ class HFImageProcessorTransform:
         self._what = f"image processor {type(processor).__name__}" + (f" from '{source}'" if source else "")
         self._output_shape = _probe_shape(self, self._what)
 
-    @property
-    def output_shape(self) -> tuple[int, int, int]:
-        """``(3, H, W)`` of every tensor this transform returns."""
-        return self._output_shape
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        """Preprocess one image.
-
-        Args:
-            img: A PIL image of any mode; converted with :func:`to_rgb` first.
-
-        Returns:
-            A ``float32`` tensor of shape ``(3, H, W)``.
-        """
-        out = self.processor(images=to_rgb(img), return_tensors="pt")["pixel_values"]
-        return _float_output(out[0], self._what)
+    def _apply(self, rgb: Image.Image) -> Any:
+        return self.processor(images=rgb, return_tensors="pt")["pixel_values"][0]
 
     def to_dict(self) -> dict[str, Any]:
         """Describe the transform for ``run.json``: processor class, source and its main settings."""
@@ -365,7 +377,7 @@ class HFImageProcessorTransform:
 _CALLABLE_SETTINGS = ("resize_size", "crop_size", "interpolation", "antialias", "mean", "std")
 
 
-class CallableTransform:
+class CallableTransform(_LibraryTransform):
     """Any image callable (e.g. ``torchvision`` weights' ``transforms()``) as a transform: RGB first, then ``fn``.
 
     ``fn`` must map an RGB PIL image to a float ``(3, H, W)`` tensor of fixed size; this is checked once at
@@ -402,21 +414,8 @@ class CallableTransform:
         self._what = f"transform {cls.__qualname__}"
         self._output_shape = _probe_shape(self, self._what)
 
-    @property
-    def output_shape(self) -> tuple[int, int, int]:
-        """``(3, H, W)`` of every tensor this transform returns."""
-        return self._output_shape
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        """Preprocess one image.
-
-        Args:
-            img: A PIL image of any mode; converted with :func:`to_rgb` first.
-
-        Returns:
-            A ``float32`` tensor of shape ``(3, H, W)``.
-        """
-        return _float_output(self.fn(to_rgb(img)), self._what)
+    def _apply(self, rgb: Image.Image) -> Any:
+        return self.fn(rgb)
 
     def to_dict(self) -> dict[str, Any]:
         """Describe the transform for ``run.json``."""

@@ -71,6 +71,14 @@ class SelfCheck:
         return f"self-check on {self.images} images: attention {att}, tokens {tok}"
 
 
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a − b|, where the same non-finite value in both counts as equal and any other as infinite."""
+    a, b = a.float(), b.float()
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    d = torch.where(same, torch.zeros_like(a), (a - b).abs())
+    return float(torch.nan_to_num(d, nan=torch.inf).max()) if d.numel() else 0.0
+
+
 def self_check(tm: TappedModel, images: torch.Tensor) -> SelfCheck:
     """Compare the taps of ``images`` with the model's own attention and hidden states (see the module docstring)."""
     dtype = tm.dtype
@@ -91,7 +99,7 @@ def self_check(tm: TappedModel, images: torch.Tensor) -> SelfCheck:
                 v = v.repeat_interleave(t.qk.q.shape[1] // v.shape[1], dim=1)
             out = t.call.output.float()
             recomputed = torch.matmul(t.attn, v.float())
-            rel = float((recomputed - out).abs().max() / out.abs().max().clamp_min(1.0))
+            rel = _max_abs_diff(recomputed, out) / max(1.0, float(torch.nan_to_num(out).abs().max()))
             att_diffs.append((rel, f"block {i}: recomputed probabilities x the kernel's values vs its output"))
         checks.append(f"attention x values vs the SDPA kernel's output ({len(kernel)} of {len(blocks)} blocks)")
     if reference is not None and reference.attentions is not None:
@@ -100,8 +108,7 @@ def self_check(tm: TappedModel, images: torch.Tensor) -> SelfCheck:
                 att_diffs.append((float("inf"), f"block {i}: shape {tuple(t.attn.shape)} vs the model's "
                                                  f"{tuple(ref.shape)}"))
                 continue
-            att_diffs.append((float((t.attn - ref.float()).abs().max()),
-                              f"block {i}: recomputed vs the model's eager attention"))
+            att_diffs.append((_max_abs_diff(t.attn, ref), f"block {i}: recomputed vs the model's eager attention"))
         checks.append(f"attention vs the model's own eager attention ({reference.source})")
     covered = len(kernel) == len(blocks) or (reference is not None and reference.attentions is not None)
     attention_max = max((d for d, _ in att_diffs), default=None)
@@ -125,8 +132,8 @@ def self_check(tm: TappedModel, images: torch.Tensor) -> SelfCheck:
                 tok_diffs.append((float("inf"), f"layer {layer}: shape {None if t is None else tuple(t.tokens.shape)} "
                                                 f"vs the model's {tuple(ref.shape)}"))
                 continue
-            ref = ref.float()
-            rel = float((t.tokens.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+            scale = max(1e-6, float(torch.nan_to_num(ref.float(), posinf=0, neginf=0).abs().max()))
+            rel = _max_abs_diff(t.tokens, ref) / scale
             tok_diffs.append((rel, f"layer {layer}"))
         checks.append(f"tokens of layers {', '.join(reference.hidden_states)} vs the model's hidden states")
     tokens_max = max((d for d, _ in tok_diffs), default=None)

@@ -19,16 +19,24 @@ def summary_table(run_dir: str | Path) -> str:
     head = "layer " + " ".join(f"{(m + ('/' + t if t else '')):>15}" for m, t in cols)
     lines = [f"{res.model}: {res.run['data']['analyzed']} images of {res.run['data']['spec']}, "
              f"{res.run['model']['depth']} blocks", head]
-    for layer in sorted(table, key=layer_order):
-        vals = table[layer]
+    warnings = [w for w in res.run.get("warnings") or [] if isinstance(w, str)]
+    nonfinite = {w.split(":", 1)[0].removeprefix("layer ") for w in warnings
+                 if w.startswith("layer ") and "NaN/Inf" in w}
+    for layer in sorted(set(table) | set(res.run["model"].get("layers") or []), key=layer_order):
+        vals = table.get(layer, {})
         cells = " ".join(f"{vals[c]:15.3f}" if c in vals else f"{'—':>15}" for c in cols)
-        lines.append(f"{layer:>5} {cells}")
+        lines.append(f"{layer:>5} {cells}" + ("  NaN/Inf in some images" if layer in nonfinite else ""))
     for ts in ("cls", "mean"):
         curve = res.curve("probe_acc", ts)
         if curve:
             best = max(curve, key=lambda r: r["value"])
             lines.append(f"best {ts} probe: {best['value']:.3f} at layer {best['layer']} "
                          f"(95% CI {best['ci_low']:.3f}–{best['ci_high']:.3f}, n={best['n']})")
+    if nonfinite:
+        lines.append(f"layers {', '.join(sorted(nonfinite, key=layer_order))} hold NaN/Inf activations in some images: "
+                     "their probes leave those images out, and phase fits and recommendations use the finite values")
+    for w in warnings:
+        lines.append(f"warning: {w}")
     check = res.run.get("self_check")
     if check:
         lines.append(f"self-check: attention {check['attention']}, tokens {check['tokens']}"

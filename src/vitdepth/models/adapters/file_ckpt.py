@@ -48,8 +48,12 @@ def load_file(target: str, *, checkpoint: str | None, random_init: bool, seed: i
                                              "checkpoint_config": {k: cfg[k] for k in cfg if k != "model_args"}})
     if "preprocess" in cfg:
         pp = cfg["preprocess"]
-        tm.preprocess = PreprocessConfig(input_size=tuple(pp["input_size"]), mean=tuple(pp["mean"]),
-                                         std=tuple(pp["std"]), interpolation=pp.get("interpolation", "bicubic"),
-                                         crop_pct=float(pp.get("crop_pct", 1.0)),
-                                         crop_mode=pp.get("crop_mode", "center"))
+        try:
+            tm.preprocess = PreprocessConfig(input_size=tuple(pp["input_size"]), mean=tuple(pp["mean"]),
+                                             std=tuple(pp["std"]), interpolation=pp.get("interpolation", "bicubic"),
+                                             crop_pct=float(pp.get("crop_pct", 1.0)),
+                                             crop_mode=pp.get("crop_mode", "center"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise VitdepthError(f"{path / 'config.json'}: its preprocess block is not usable ({type(e).__name__}: "
+                                f"{e}); re-write the checkpoint with vitdepth") from None
     return tm

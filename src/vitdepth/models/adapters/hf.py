@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..._errors import VitdepthError
 from ...data.transforms import HFImageProcessorTransform, PreprocessConfig
-from ..checkpoint import file_sha256
+from ..checkpoint import file_sha256, read_json_object
 from ..registry import register_adapter
 from ..structure import find_sites
 from ..tapped import Reference, TappedModel
@@ -58,22 +57,63 @@ def hf_preprocess(path: Path, config) -> PreprocessConfig:
     cfg_file = path / "preprocessor_config.json"
     if not cfg_file.is_file():
         return PreprocessConfig(input_size=size)
-    pp = json.loads(cfg_file.read_text())
-    mean = tuple(pp.get("image_mean", (0.485, 0.456, 0.406)))
-    std = tuple(pp.get("image_std", (0.229, 0.224, 0.225)))
-    interp = _RESAMPLE.get(pp.get("resample", 3), "bicubic")
-    crop = pp.get("crop_size") if pp.get("do_center_crop") else None
-    rs = pp.get("size", {})
-    if crop:
-        crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
-        short = rs.get("shortest_edge") if isinstance(rs, dict) else rs
-        crop_pct = crop_hw[0] / short if short else 1.0
-        return PreprocessConfig(input_size=crop_hw, mean=mean, std=std, interpolation=interp, crop_pct=crop_pct)
-    if isinstance(rs, dict) and "height" in rs:
-        size = (rs["height"], rs["width"])
-    elif isinstance(rs, dict) and "shortest_edge" in rs:
-        size = (rs["shortest_edge"], rs["shortest_edge"])
+    fix = "fix or remove it (or re-save the image processor with save_pretrained)"
+    pp = read_json_object(cfg_file, fix)
+    try:
+        mean = tuple(pp.get("image_mean", (0.485, 0.456, 0.406)))
+        std = tuple(pp.get("image_std", (0.229, 0.224, 0.225)))
+        interp = _RESAMPLE.get(pp.get("resample", 3), "bicubic")
+        crop = pp.get("crop_size") if pp.get("do_center_crop") else None
+        rs = pp.get("size", {})
+        if crop:
+            crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
+            short = rs.get("shortest_edge") if isinstance(rs, dict) else rs
+            crop_pct = crop_hw[0] / short if short else 1.0
+            return PreprocessConfig(input_size=crop_hw, mean=mean, std=std, interpolation=interp, crop_pct=crop_pct)
+        if isinstance(rs, dict) and "height" in rs:
+            size = (rs["height"], rs["width"])
+        elif isinstance(rs, dict) and "shortest_edge" in rs:
+            size = (rs["shortest_edge"], rs["shortest_edge"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise VitdepthError(f"{cfg_file} does not describe fixed-size preprocessing ({type(e).__name__}: {e}); "
+                            f"{fix}") from None
     return PreprocessConfig(input_size=size, mean=mean, std=std, interpolation=interp)
+
+
+_RESAVE = "re-save the model with save_pretrained"
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}" if text else type(e).__name__
+
+
+def _check_config_json(path: Path) -> None:
+    """Refuse a config.json that is not JSON, not an object or without model_type, before transformers reads it."""
+    cfg_file = path / "config.json"
+    raw = read_json_object(cfg_file, _RESAVE)
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise VitdepthError(f"{cfg_file} has no model_type (not a Hugging Face model config); {_RESAVE}")
+
+
+def _check_hf_weights(path: Path) -> None:
+    """Refuse truncated safetensors and pickled weights that are not plain tensors, before transformers reads them.
+
+    transformers prefers ``model*.safetensors``; their headers are checked (a cut-off file fails there). Without
+    them it reads ``pytorch_model*.bin``, which are opened here with ``torch.load(weights_only=True)``: a pickle
+    that would import or run anything is refused without running it, whatever transformers version is installed.
+    """
+    from ..checkpoint import check_safetensors, load_state_dict
+
+    fix = f"{_RESAVE} (safetensors)"
+    shards = sorted(path.glob("model*.safetensors"))
+    if shards:
+        for f in shards:
+            check_safetensors(f, fix=fix)
+        return
+    for f in sorted(path.glob("pytorch_model*.bin")):
+        load_state_dict(f, fix=fix)
 
 
 _HF_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -202,22 +242,36 @@ def load_hf(target: str, *, checkpoint: str | None, random_init: bool, seed: int
     if checkpoint:
         raise VitdepthError("--checkpoint is not used with hf: models; the weights come from the directory")
     transformers.utils.logging.disable_progress_bar()  # keep the CLI's output to its own lines
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    _check_config_json(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a config it cannot use
+        raise VitdepthError(f"{path / 'config.json'} is not a usable Hugging Face config ({_one_line(e)}); "
+                            f"{_RESAVE}") from None
     if getattr(config, "model_type", "") in ("clip", "siglip", "siglip2", "aimv2"):  # a full model: its vision tower
         config = config.vision_config
     torch.manual_seed(seed)
     if random_init:
-        model = transformers.AutoModel.from_config(config)
+        try:
+            model = transformers.AutoModel.from_config(config)
+        except Exception as e:  # noqa: BLE001 - a config transformers accepts but cannot build a model from
+            raise VitdepthError(f"cannot build a Hugging Face model from {path / 'config.json'} ({_one_line(e)}); "
+                                f"{_RESAVE}") from None
         weights = {"source": "random-init", "seed": seed}
     else:
+        _check_hf_weights(path)
+        architectures = getattr(config, "architectures", None)
+        architectures = architectures if isinstance(architectures, (list, tuple)) else []
         auto = (transformers.AutoModelForImageClassification
-                if any(a.endswith("ForImageClassification") for a in (config.architectures or []))
+                if any(isinstance(a, str) and a.endswith("ForImageClassification") for a in architectures)
                 else transformers.AutoModel)
         try:
             model = auto.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0][:200]
-            raise VitdepthError(f"could not load the Hugging Face model in {path}: {first}") from None
+        except VitdepthError:
+            raise
+        except Exception as e:  # noqa: BLE001 - missing / corrupt weights or config surface as many types
+            raise VitdepthError(f"could not load the Hugging Face model in {path} ({_one_line(e)}); "
+                                f"{_RESAVE}") from None
         wfile = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
         weights = {"source": "hf-directory", "path": str(path),
                    "sha256": file_sha256(wfile) if wfile else None}
