@@ -239,9 +239,9 @@ def test_unexpected_error_is_one_line_with_debug_hint(monkeypatch, capsys):
 
 
 def test_incomplete_run_is_refused_by_load_run(tmp_path):
-    from vitdepth.results import load_run
-
     import shutil
+
+    from vitdepth.results import load_run
 
     with OutputDir(tmp_path / "r", "run") as od:
         (od.tmp / "run.json").write_text("{}")
@@ -269,3 +269,15 @@ def test_disk_full_mid_run_is_one_line_and_leaves_nothing(monkeypatch, tmp_path)
                               figures=False, metrics="core"))
     assert "\n" not in str(err.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_train_holds_a_lock_on_its_out(tmp_path, monkeypatch):
+    """A second `vitdepth train` on the same --out fails in one line naming the holder."""
+    from vitdepth.outputs import OutputLock
+    from vitdepth.train.loop import TrainConfig, train
+
+    out = tmp_path / "fam"
+    with OutputLock(out):
+        with pytest.raises(VitdepthError, match="being written by another vitdepth command"):
+            train(TrainConfig(recipe="digits", out=str(out), sizes=["S"], epochs=1, samples=200, max_steps=1,
+                              quiet=True, monitor=False))

@@ -157,6 +157,78 @@ def disk_full_error(e: OSError, location: Path, need_bytes: int | None = None) -
                          "location")
 
 
+class OutputLock:
+    """An exclusive ``flock`` on ``.NAME.lock`` beside an output, for as long as a command writes it.
+
+    A second command on the same output fails at once with one line naming the holder (pid, host, command, start
+    time). The lock file is removed on release; a command that opened it just before is detected by its inode and
+    retries on the new file, so two holders can never coexist.
+
+    Args:
+        out: the output path.
+        flag: the option that names it, for messages.
+    """
+
+    def __init__(self, out: str | os.PathLike, flag: str = "--out") -> None:
+        self.given = Path(out)
+        self.out = Path(os.path.abspath(self.given))
+        self.flag = flag
+        self.lock_path = self.out.parent / f".{self.out.name}.lock"
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        self._acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+    def _acquire(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                self._busy(fd, e)
+            try:  # the holder before us may have unlinked the file after we opened it: lock the current one
+                if os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._lock_fd = fd
+
+    def _busy(self, fd: int, e: OSError) -> None:
+        """Raise the one-line 'held by' error (or re-raise an unexpected lock failure)."""
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise e
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (ValueError, OSError):
+            holder = {}
+        os.close(fd)
+        who = (f"pid {holder.get('pid')} on {holder.get('host')}, `{holder.get('command')}`, since "
+               f"{holder.get('started')}") if holder else "another process"
+        raise VitdepthError(f"{self.flag} {self.given} is being written by another vitdepth command ({who}); "
+                            "wait for it or choose another directory") from None
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            try:
+                self.lock_path.unlink()
+            except OSError:
+                pass
+
+
 class OutputDir:
     """One output directory being written: checks, lock, partial directory, atomic commit (module docstring).
 
@@ -184,9 +256,8 @@ class OutputDir:
         self.inputs = [Path(p) for p in inputs if p]
         self.need_bytes = need_bytes
         self.out = Path(os.path.abspath(self.given))
-        self.lock_path = self.out.parent / f".{self.out.name}.lock"
+        self.lock = OutputLock(self.out, flag)
         self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
-        self._lock_fd: int | None = None
         self._committed = False
 
     # -- checks -----------------------------------------------------------------------------------------------
@@ -234,42 +305,7 @@ class OutputDir:
             raise VitdepthError(f"{self.flag} {self.given} holds files vitdepth did not write ({shown}); move them "
                                 "out or choose another directory (--overwrite never deletes them)")
 
-    # -- lock and stale state ---------------------------------------------------------------------------------
-    def _acquire(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                self._busy(fd, e)
-            try:  # the holder before us may have unlinked the file after we opened it: lock the current one
-                if os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._lock_fd = fd
-
-    def _busy(self, fd: int, e: OSError) -> None:
-        """Raise the one-line 'held by' error (or re-raise an unexpected lock failure)."""
-        if e.errno not in (errno.EAGAIN, errno.EACCES):
-            os.close(fd)
-            raise e
-        try:
-            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        except (ValueError, OSError):
-            holder = {}
-        os.close(fd)
-        who = (f"pid {holder.get('pid')} on {holder.get('host')}, `{holder.get('command')}`, since "
-               f"{holder.get('started')}") if holder else "another process"
-        raise VitdepthError(f"{self.flag} {self.given} is being written by another vitdepth command ({who}); "
-                            "wait for it or choose another directory") from None
-
+    # -- stale state ----------------------------------------------------------------------------------------
     def _recover(self) -> None:
         """Clean up after killed processes (we hold the lock, so nobody else is writing this output)."""
         parent, name = self.out.parent, self.out.name
@@ -288,14 +324,14 @@ class OutputDir:
 
     def __enter__(self) -> OutputDir:
         self.check()
-        self._acquire()
+        self.lock.__enter__()
         try:
             self._recover()
             self.check()  # again under the lock: another command may have finished meanwhile
             self.tmp.mkdir(parents=True)
             (self.tmp / MARKER).write_text(json.dumps(self._marker(complete=False)))
         except BaseException:
-            self._release()
+            self.lock.__exit__(None, None, None)
             raise
         return self
 
@@ -325,22 +361,12 @@ class OutputDir:
         self._committed = True
         return self.given
 
-    def _release(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            try:
-                self.lock_path.unlink()
-            except OSError:
-                pass
-
     def __exit__(self, *exc) -> None:
         try:
             if not self._committed:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
-            self._release()
+            self.lock.__exit__(None, None, None)
 
 
 def _exchange(a: Path, b: Path) -> bool:

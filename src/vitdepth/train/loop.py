@@ -21,6 +21,7 @@ batch (tested with two gloo processes). Only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -48,7 +49,7 @@ from ..data import (
     stratified_subset,
 )
 from ..models.checkpoint import apply_state_dict, load_state_dict, save_checkpoint
-from ..outputs import check_writable
+from ..outputs import OutputLock, check_writable
 from .distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from .monitor import ISIMonitor
 from .recipe import load_recipe, model_args, recipe_hash
@@ -197,8 +198,10 @@ def train(cfg: TrainConfig) -> dict[str, Path]:
         for size, meta in points.items():
             _refuse_part_way(out, size, meta, len(split_idx["train"]) // recipe["batch_size"])
     results = {}
-    for size in sizes:
-        results[size] = _train_size(cfg, recipe, size, source, split_idx, ctx, device)
+    # one writer per family directory: a second `vitdepth train --out` on it fails at once, naming this one
+    with OutputLock(out) if ctx.is_main else contextlib.nullcontext():
+        for size in sizes:
+            results[size] = _train_size(cfg, recipe, size, source, split_idx, ctx, device)
     if ctx.is_main:
         summary = {s: json.loads((p / "config.json").read_text()).get("test_acc") for s, p in results.items()}
         (out / "family.json").write_text(json.dumps({"recipe": recipe["name"], "recipe_hash": recipe_hash(recipe),
