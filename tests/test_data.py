@@ -295,8 +295,8 @@ def test_folder_errors(tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
     _noise_image(np.random.default_rng(0), 8, 8).save(flat / "x.png")
-    with pytest.raises(VitdepthError, match="per-class folders"):
-        create_source(f"folder:{flat}")
+    src = create_source(f"folder:{flat}")  # loose images: an unlabelled source (issue 11), not an error
+    assert not src.labelled and src.class_names == ["(unlabelled)"] and src.labels.tolist() == [0]
     with pytest.raises(VitdepthError, match="folder:PATH"):
         create_source("folder:")
 

@@ -1,4 +1,4 @@
-"""Data layer: labelled image sources by spec, stratified splits, eval transforms and batching.
+"""Data layer: image sources by spec or from Python objects, stratified splits, eval transforms and batching.
 
 Nothing here knows about models or metrics; the analysis pass asks a model adapter for its preprocessing (a
 :class:`PreprocessConfig` run through timm's own pipeline by :func:`build_transform`, a Hugging Face image
@@ -8,8 +8,13 @@ processor (loaded by the ``hf:`` model adapter), or a torchvision weights' trans
 
 from __future__ import annotations
 
+from .hfdataset import HFDatasetSource as HFDatasetSource
 from .loader import Batch as Batch
 from .loader import iterate_batches as iterate_batches
+from .loader import prepare_item as prepare_item
+from .objects import TorchDatasetSource as TorchDatasetSource
+from .objects import source_from_object as source_from_object
+from .sources import UNLABELLED as UNLABELLED
 from .sources import DataSource as DataSource
 from .sources import DigitsSource as DigitsSource
 from .sources import FolderSource as FolderSource
@@ -22,6 +27,7 @@ from .splits import check_labels as check_labels
 from .splits import split_coverage as split_coverage
 from .splits import stratified_splits as stratified_splits
 from .splits import stratified_subset as stratified_subset
+from .tabular import CSVSource as CSVSource
 from .transforms import CallableTransform as CallableTransform
 from .transforms import HFImageProcessorTransform as HFImageProcessorTransform
 from .transforms import ImageTransform as ImageTransform
@@ -29,25 +35,33 @@ from .transforms import PreprocessConfig as PreprocessConfig
 from .transforms import apply_preprocess_overrides as apply_preprocess_overrides
 from .transforms import build_transform as build_transform
 from .transforms import to_rgb as to_rgb
+from .wds import WebDatasetSource as WebDatasetSource
 
 __all__ = [
     "SPLITS",
+    "UNLABELLED",
     "Batch",
+    "CSVSource",
     "CallableTransform",
     "DataSource",
     "DigitsSource",
     "FolderSource",
+    "HFDatasetSource",
     "HFImageProcessorTransform",
     "ImageLoadError",
     "ImageTransform",
     "PreprocessConfig",
     "SyntheticSource",
+    "TorchDatasetSource",
+    "WebDatasetSource",
     "apply_preprocess_overrides",
     "build_transform",
     "check_labels",
     "create_source",
     "iterate_batches",
     "list_sources",
+    "prepare_item",
+    "source_from_object",
     "split_coverage",
     "stratified_splits",
     "stratified_subset",

@@ -6,6 +6,15 @@ they are skipped and every skip is reported with its index, name and reason, so 
 ``num_workers > 0`` decodes in parallel; skips are carried back as data rather than raised inside a worker,
 because a worker's exception reaches the main process wrapped in a multi-line traceback.
 
+Items are PIL images or tensors (:func:`prepare_item`). A PIL image goes through the transform (the model's own
+preprocessing). A tensor is an item the user's dataset already transformed (the common torchvision pattern of a
+``Dataset`` with ``transform=...``, wrapped by :func:`~vitdepth.data.source_from_object`), so it is used as it is:
+it must be a float ``(3, H, W)`` tensor of the shape every item gets, else that item is skipped like an unreadable
+file, with its index and the reason. That reference shape is the transform's ``output_shape``, else what it makes of a
+blank image, else (a transform that takes no PIL images, for tensor-only data) the shape of the first requested item
+that loads; it is found once per :func:`iterate_batches` call, in the calling process, so every worker checks against
+the same shape. PIL and tensor items may be mixed freely.
+
 Example:
     >>> import numpy as np
     >>> from vitdepth.data import PreprocessConfig, build_transform, create_source
@@ -28,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._errors import VitdepthError
 from .sources import DataSource, ImageLoadError
 
-__all__ = ["Batch", "iterate_batches"]
+__all__ = ["Batch", "iterate_batches", "prepare_item"]
 
 
 @dataclass
@@ -47,27 +56,95 @@ class Batch:
     skipped: list[tuple[int, str, str]] = field(default_factory=list)
 
 
+def prepare_item(
+    item: Image.Image | torch.Tensor,
+    transform: Callable[[Image.Image], torch.Tensor],
+    *,
+    index: int | None = None,
+    name: str = "item",
+    expected_shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Turn what :meth:`DataSource.load` returned into the model's input tensor.
+
+    A PIL image goes through ``transform``. A tensor was already transformed by the user's dataset and is used as
+    it is, converted to float32: it must be a floating ``(3, H, W)`` tensor, and when ``expected_shape`` is given
+    (the shape ``transform`` makes, which the other items have) of that shape, so items stack into one batch.
+
+    Args:
+        item: The loaded item.
+        transform: The model's preprocessing for PIL images.
+        index: The item's dataset index, named in errors.
+        name: The item's name for :class:`ImageLoadError`.
+        expected_shape: The shape every item must have; None to skip that check (the transform's shape is not
+            computed here).
+
+    Returns:
+        A ``float32`` tensor of shape ``(3, H, W)``.
+
+    Raises:
+        ImageLoadError: The item is a tensor of the wrong dtype, rank or shape, or neither an image nor a tensor.
+    """
+    where = f"item {index}" if index is not None else "the item"
+    if isinstance(item, Image.Image):
+        return transform(item)
+    if not isinstance(item, torch.Tensor):
+        raise ImageLoadError(name, f"{where} is a {type(item).__name__}, not a PIL image or a tensor")
+    if not item.is_floating_point():
+        raise ImageLoadError(
+            name,
+            f"{where} is a {item.dtype} tensor; yield a normalised float tensor (e.g. ToTensor + Normalize) or a PIL "
+            "image",
+        )
+    shape = tuple(int(d) for d in item.shape)
+    if item.ndim != 3 or shape[0] != 3:
+        raise ImageLoadError(name, f"{where} is a tensor of shape {shape}; items must be (3, H, W) images")
+    if expected_shape is not None and shape != tuple(expected_shape):
+        raise ImageLoadError(
+            name,
+            f"{where} is a tensor of shape {shape} but the other items are {tuple(expected_shape)} (the model's "
+            "input); resize in the dataset's transform to that size, or yield PIL images",
+        )
+    return item.detach().to(device="cpu", dtype=torch.float32)
+
+
 class _ItemDataset(Dataset):
     """Map-style view used by the DataLoader: the sampler yields dataset indices, items never raise on bad files."""
 
-    def __init__(self, source: DataSource, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        source: DataSource,
+        transform: Callable[[Image.Image], torch.Tensor],
+        shape: tuple[int, ...] | None = None,
+    ) -> None:
         self.source = source
         self.transform = transform
+        self._shape = shape  # what every tensor item must be (see _reference_shape)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None, str | None]:
         try:
-            img = self.source.load(i)
+            item = self.source.load(i)
+            if isinstance(item, Image.Image):
+                tensor = self.transform(item)
+            else:
+                name = self.source.item_name(i)
+                tensor = prepare_item(item, self.transform, index=i, name=name, expected_shape=self._shape)
         except ImageLoadError as exc:
             return i, None, self.source.item_name(i), exc.reason
-        return i, self.transform(img), None, None
+        return i, tensor, None, None
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None, str | None]]) -> Batch:
     ok = [(i, t) for i, t, _, _ in items if t is not None]
     skipped = [(int(i), str(name), str(reason)) for i, t, name, reason in items if t is None]
+    if ok and len({tuple(t.shape) for _, t in ok}) > 1:
+        # Only reachable without a reference shape (nothing loaded when it was looked for): keep the first item's.
+        first = tuple(ok[0][1].shape)
+        skipped += [(int(i), f"item {i}", f"item {i} has shape {tuple(t.shape)}, others {first}") for i, t in ok
+                    if tuple(t.shape) != first]
+        ok = [(i, t) for i, t in ok if tuple(t.shape) == first]
     # An all-skipped chunk leaves images as an empty placeholder; the main process gives it the right shape.
     images = torch.stack([t for _, t in ok]) if ok else torch.empty(0)
     return Batch(images=images, indices=np.array([i for i, _ in ok], dtype=np.int64), skipped=skipped)
@@ -79,6 +156,28 @@ def _output_shape(transform: Callable[[Image.Image], torch.Tensor]) -> tuple[int
         return tuple(shape)
     # Any other callable: ask it what it makes of a blank image.
     return tuple(transform(Image.new("RGB", (8, 8))).shape)
+
+
+_SHAPE_PROBES = 16  # items tried for a reference shape when the transform cannot give one
+
+
+def _reference_shape(
+    source: DataSource, idx: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]
+) -> tuple[int, ...] | None:
+    """The shape every item of this pass must have (see the module docstring), or None when none can be found."""
+    try:
+        return _output_shape(transform)
+    except Exception:  # noqa: BLE001 - a transform for tensor-only data may refuse PIL images in any way
+        pass
+    for i in idx[:_SHAPE_PROBES].tolist():
+        try:
+            item = source.load(i)
+        except ImageLoadError:
+            continue
+        if isinstance(item, torch.Tensor) and item.ndim == 3 and item.shape[0] == 3:
+            return tuple(int(d) for d in item.shape)
+        return None  # a PIL image the transform refuses, or a bad tensor: those items are reported on their own
+    return None
 
 
 def iterate_batches(
@@ -98,7 +197,7 @@ def iterate_batches(
         source: The data source.
         indices: ``(M,)`` dataset indices to load, in the order wanted.
         transform: Maps an RGB PIL image to a ``(3, H, W)`` tensor (see
-            :func:`~vitdepth.data.transforms.build_transform`).
+            :func:`~vitdepth.data.transforms.build_transform`). Tensor items skip it (see :func:`prepare_item`).
         batch_size: Items per chunk.
         strict: Raise on the first unreadable image instead of skipping it.
         num_workers: DataLoader worker processes (0 decodes in this process).
@@ -140,8 +239,9 @@ def _iterate(
 ) -> Iterator[Batch]:
     if idx.size == 0:
         return
+    shape = _reference_shape(source, idx, transform)
     loader = DataLoader(
-        _ItemDataset(source, transform),
+        _ItemDataset(source, transform, shape),
         batch_size=batch_size,
         sampler=idx.tolist(),
         num_workers=num_workers,
@@ -156,6 +256,6 @@ def _iterate(
             )
         if batch.indices.size == 0:
             if empty_shape is None:
-                empty_shape = _output_shape(transform)
+                empty_shape = shape if shape is not None else (3, 0, 0)
             batch.images = torch.empty((0, *empty_shape), dtype=torch.float32)
         yield batch

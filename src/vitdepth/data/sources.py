@@ -6,9 +6,18 @@ find and decode its images. Specs:
 
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download).
 - ``synthetic[:n=2000,classes=10,size=224]``: procedurally generated gratings, made lazily per item.
-- ``folder:PATH``: an ImageFolder tree ``PATH/<class>/<image>``.
+- ``folder:PATH``: an ImageFolder tree ``PATH/<class>/<image>``; a folder of loose images without class
+  subfolders is read as unlabelled data.
 - ``folder:PATH:split=NAME``: one split of an ImageNet-style root, ``PATH/NAME/<class>/<image>``. A plain
   ``folder:PATH`` whose folders are split names (``train``, ``val``, ...) is refused with this hint.
+- ``hf-dataset:PATH_OR_ID[:split=NAME,image=COL,label=COL,config=NAME]``: a Hugging Face ``datasets`` dataset
+  (:mod:`vitdepth.data.hfdataset`).
+- ``wds:PATTERN[:image=EXT,label=EXT]``: webdataset tar shards, e.g. ``train-{000000..000009}.tar``
+  (:mod:`vitdepth.data.wds`).
+- ``csv:FILE[:path=COL,label=COL]``: a table of image paths and labels (:mod:`vitdepth.data.tabular`).
+
+In-memory datasets (a torch ``Dataset`` or ``DataLoader``, a Hugging Face ``Dataset``) become sources through
+:func:`vitdepth.data.source_from_object`.
 
 Example:
     >>> src = create_source("synthetic:n=20,classes=4,size=32", seed=0)
@@ -21,6 +30,7 @@ from __future__ import annotations
 import colorsys
 import difflib
 import hashlib
+import io
 import json
 import math
 import operator
@@ -31,7 +41,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -40,6 +50,9 @@ from .._errors import VitdepthError
 from ..outputs import is_vitdepth_output
 from .transforms import to_rgb
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataSource",
@@ -47,11 +60,15 @@ __all__ = [
     "FolderSource",
     "ImageLoadError",
     "SyntheticSource",
+    "UNLABELLED",
     "create_source",
     "list_sources",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# The one class name of an unlabelled source (all labels 0); the parentheses keep it from clashing with a folder name.
+UNLABELLED = "(unlabelled)"
 
 
 @dataclass(eq=False)  # eq=False keeps exceptions hashable, as the traceback machinery expects
@@ -92,6 +109,9 @@ class DataSource(ABC):
         class_names: Name of each class; label ``k`` means ``class_names[k]``.
         labels: ``(N,)`` int64 labels in ``[0, len(class_names))``.
         warnings: Things the user should know that are not errors (e.g. empty class folders that were dropped).
+        labelled: False for data without labels (a folder of loose images, a table without a label column): then
+            ``labels`` is all zeros and ``class_names`` is ``[UNLABELLED]``, and label-based measurements (probes,
+            neural collapse) do not apply.
     """
 
     kind: str = ""
@@ -99,6 +119,13 @@ class DataSource(ABC):
     class_names: list[str]
     labels: np.ndarray
     warnings: list[str]
+    labelled: bool = True
+
+    def _set_unlabelled(self, n: int) -> None:
+        """Make this an unlabelled source of ``n`` items (labels all 0, one class :data:`UNLABELLED`)."""
+        self.labelled = False
+        self.class_names = [UNLABELLED]
+        self.labels = np.zeros(int(n), dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -113,14 +140,16 @@ class DataSource(ABC):
         return i
 
     @abstractmethod
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int) -> Image.Image | torch.Tensor:
         """Decode item ``i``.
 
         Args:
             i: Item index in ``[0, len(self))``.
 
         Returns:
-            The image in RGB mode.
+            The image in RGB mode. Sources wrapping a user's dataset (:func:`~vitdepth.data.source_from_object`)
+            may instead return the ``(3, H, W)`` float tensor that dataset's own transform made; the loader uses
+            such a tensor as it is (:func:`~vitdepth.data.prepare_item`).
 
         Raises:
             ImageLoadError: The file cannot be decoded.
@@ -139,8 +168,8 @@ class DataSource(ABC):
         """Describe the data for ``run.json``: enough to tell whether two runs saw the same images.
 
         Returns:
-            A JSON-ready dict with ``spec``, ``kind``, ``n``, ``num_classes``, ``class_names`` and a sha256
-            ``content_hash``.
+            A JSON-ready dict with ``spec``, ``kind``, ``n``, ``num_classes``, ``class_names``, ``labelled`` and a
+            sha256 ``content_hash``.
         """
         return {
             "spec": self.spec,
@@ -148,8 +177,25 @@ class DataSource(ABC):
             "n": len(self),
             "num_classes": len(self.class_names),
             "class_names": list(self.class_names),
+            "labelled": bool(self.labelled),
             "content_hash": self._content_hash(),
         }
+
+    def assign_splits(self, fractions: tuple[float, float, float]) -> np.ndarray | None:
+        """Train/val/test split of every item fixed by the data itself, or None to use stratified splits.
+
+        Most sources have no such split and return None: the analysis then draws class-stratified splits
+        (:func:`~vitdepth.data.stratified_splits`). Sharded sources (``wds:``) return a split per item from a
+        stable hash of its key, so an item keeps its split whatever the shard order or subset.
+
+        Args:
+            fractions: ``(train, val, test)`` fractions, non-negative and summing to 1.
+
+        Returns:
+            ``(N,)`` int8 split codes (0 train, 1 val, 2 test; see :data:`~vitdepth.data.SPLITS`) for all items,
+            or None.
+        """
+        return None
 
 
 class DigitsSource(DataSource):
@@ -513,13 +559,143 @@ def _wide_to_rgb(img: Image.Image, name: str) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
-class FolderSource(DataSource):
+def load_image_file(path: str) -> Image.Image:
+    """Decode the image file ``path`` fully into RGB, as :class:`FolderSource` does (32-bit greyscale scaled).
+
+    Shared by every source that reads image files (folders, CSV tables, Hugging Face datasets that store paths), so
+    one file gives the same pixels whichever spec names it.
+
+    Raises:
+        ImageLoadError: The file is missing, not a regular file, or cannot be decoded.
+    """
+    try:
+        # A scan skips non-regular files, but one may have been swapped in since: opening a FIFO blocks until
+        # something writes to it, i.e. forever.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ImageLoadError(path, "not a regular file (FIFO, socket or device); it was not opened")
+        with Image.open(path) as img:
+            return _decoded_rgb(img, path)
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, ValueError, EOFError ...
+        # PIL often repeats the path in its message; the name already carries it.
+        reason = str(exc).replace(f" '{path}'", "").replace(path, "file") or "decode failed"
+        raise ImageLoadError(path, f"{type(exc).__name__}: {reason}") from exc
+
+
+def decode_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an encoded image (PNG, JPEG, ... bytes from a tar shard or an arrow column) fully into RGB.
+
+    Args:
+        data: The encoded file's bytes.
+        name: The item's name for the error.
+
+    Raises:
+        ImageLoadError: The bytes are not a decodable image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _decoded_rgb(img, name)
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as in load_image_file
+        raise ImageLoadError(name, f"{type(exc).__name__}: {exc or 'decode failed'}") from exc
+
+
+def _decoded_rgb(img: Image.Image, name: str) -> Image.Image:
+    # Image.open only reads the header; load() forces the full decode here, so a truncated file fails now (PIL's
+    # LOAD_TRUNCATED_IMAGES is left off on purpose) rather than later in the transform. Leaving the caller's
+    # with-block closes only the file; the decoded pixels stay valid.
+    img.load()
+    return _wide_to_rgb(img, name) if img.mode in _WIDE_MODES else to_rgb(img)
+
+
+def image_from_value(value: Any, name: str) -> Image.Image:
+    """An RGB image from what a dataset cell or a user's dataset item holds.
+
+    Accepted: encoded bytes, a ``{"bytes", "path"}`` dict (``datasets.Image(decode=False)``), a file path, a PIL
+    image or an ``(H, W[, C])`` uint8 array. Everything goes through the same decoder and RGB conversion as image
+    files, so one picture gives the same pixels from any source.
+
+    Args:
+        value: The cell or item.
+        name: The item's name for errors.
+
+    Raises:
+        ImageLoadError: The cell is empty or its content does not decode.
+    """
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data:
+            return decode_image_bytes(bytes(data), name)
+        if path:
+            return load_image_file(os.fspath(path))
+        raise ImageLoadError(name, "the image cell is empty (no bytes, no path)")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return decode_image_bytes(bytes(value), name)
+    if isinstance(value, (str, os.PathLike)):
+        return load_image_file(os.fspath(value))
+    if isinstance(value, Image.Image):
+        try:
+            value.load()
+        except Exception as exc:  # noqa: BLE001 - PIL's decoders raise many types
+            raise ImageLoadError(name, f"{type(exc).__name__}: {exc}") from exc
+        return _wide_to_rgb(value, name) if value.mode in _WIDE_MODES else to_rgb(value)
+    if value is None:
+        raise ImageLoadError(name, "the image cell is empty (None)")
+    arr = np.asarray(value)
+    if arr.dtype == np.uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
+        return to_rgb(Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr))
+    raise ImageLoadError(
+        name, f"the image cell holds {type(value).__name__} {arr.dtype} {arr.shape}, not an image"
+    )
+
+
+def summarise_skips(text: dict[str, str], found: dict[str, list[str]], examples: int = _SKIP_EXAMPLES) -> list[str]:
+    """One warning line per kind of skipped item: count, what happened and a few examples.
+
+    Used by the table and shard sources, like :class:`_Skips` for folders: one bad link or a broken export can
+    stand for thousands of items, so never one line per item.
+
+    Args:
+        text: Kind -> what happened to those items (the order of the warnings).
+        found: Kind -> names of the skipped items.
+        examples: How many names to show per line.
+    """
+    out = []
+    for kind, what in text.items():
+        names = found.get(kind) or []
+        if names:
+            more = f", ... ({len(names) - examples} more)" if len(names) > examples else ""
+            out.append(f"{len(names)} {what}: {', '.join(names[:examples])}{more}")
+    return out
+
+
+class FileListSource(DataSource):
+    """A source whose items are image files listed in ``self._paths`` (folders, CSV tables)."""
+
+    _paths: list[str]
+
+    def item_name(self, i: int) -> str:
+        """The file path of item ``i``."""
+        return self._paths[self._check_index(i)]
+
+    def load(self, i: int) -> Image.Image:  # noqa: D102 - documented on DataSource
+        return load_image_file(self._paths[self._check_index(i)])
+
+
+class FolderSource(FileListSource):
     """An ImageFolder tree: ``PATH/<class>/<image>``, as torchvision's ImageFolder and timm read it.
 
     Classes are the sorted names of the non-hidden subdirectories that contain at least one image; images are
     found recursively under each class directory and sorted, so indices are stable across machines. Extensions
     (case-insensitive): png, jpg, jpeg, bmp, gif, tif, tiff, webp. Hidden files and directories (``.ipynb_checkpoints``)
     are ignored. EXIF orientation is not applied, matching the eval pipelines pretrained models were scored with.
+
+    A folder without class subfolders whose images sit directly in it is read as unlabelled data
+    (:attr:`~DataSource.labelled` False, one class ``(unlabelled)``): label-free measurements still apply to it. In a
+    folder that has class subfolders, images lying directly in it belong to no class and are left out with a
+    warning.
 
     Dataset roots with splits (ImageNet-style ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>``) are
     read one split at a time with ``split`` (spec ``folder:ROOT:split=val``): the class tree is then
@@ -557,7 +733,8 @@ class FolderSource(DataSource):
 
     Raises:
         VitdepthError: The path or split folder does not exist, is not a directory or cannot be read, the root
-            looks like a dataset root with splits and no ``split`` was given, or no class subdirectory holds images.
+            looks like a dataset root with splits and no ``split`` was given, or it holds no images (neither in class
+            subdirectories nor directly).
     """
 
     kind = "folder"
@@ -589,16 +766,17 @@ class FolderSource(DataSource):
         exclude_real = tuple(sorted({os.path.realpath(os.path.expanduser(os.fspath(p))) for p in exclude}))
         classes = self._class_dirs(root, exclude_real, skips)
         class_dirs = [name for name, _ in classes]
-        if not class_dirs:
-            loose = sum(1 for e in _list_dir(root) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-            hint = f" ({loose} images sit directly in it: move them into per-class folders)" if loose else ""
+        loose = self._loose_images(root, skips)
+        if not class_dirs and not loose:
             left_out = sum(len(skips.paths[k]) for k in ("output", "excluded", "other_class", "revisit"))
-            if left_out and not hint:
+            hint = ""
+            if left_out:
                 hint = f" (only vitdepth outputs, excluded folders or looping links: {left_out} skipped)"
             raise VitdepthError(
-                f"empty dataset: '{root}' has no class subdirectories{hint}; use the layout PATH/<class>/<image>"
+                f"empty dataset: '{root}' has no class subdirectories and no images{hint}; use the layout "
+                "PATH/<class>/<image>, or PATH/<image> for unlabelled data"
             )
-        if split is None:
+        if split is None and class_dirs:
             self._refuse_split_root(root, class_dirs)
         self.class_names = []
         paths: list[str] = []
@@ -627,6 +805,19 @@ class FolderSource(DataSource):
             self.class_names.append(name)
             paths.extend(files)
             labels.extend([label] * len(files))
+        if not paths and loose:
+            # No class folder holds an image: the loose images are the data, without labels.
+            self.warnings.extend(skips.warnings())
+            self._paths = loose
+            self._set_unlabelled(len(loose))
+            return
+        if loose:
+            rel = [os.path.basename(p) for p in loose]
+            more = f", ... ({len(rel) - _SKIP_EXAMPLES} more)" if len(rel) > _SKIP_EXAMPLES else ""
+            self.warnings.append(
+                f"{len(rel)} image(s) directly in '{root}' belong to no class folder and were ignored: "
+                f"{', '.join(rel[:_SKIP_EXAMPLES])}{more}; move them into a class folder to include them"
+            )
         self.warnings.extend(skips.warnings())
         if not paths:
             if unreadable:
@@ -674,6 +865,26 @@ class FolderSource(DataSource):
         return out
 
     @staticmethod
+    def _loose_images(root: Path, skips: _Skips) -> list[str]:
+        """Sorted paths of the image files directly in ``root`` (regular files only; nothing is opened)."""
+        out = []
+        for entry in _list_dir(root):
+            if _is_hidden(entry.name) or not entry.name.lower().endswith(IMAGE_EXTENSIONS) or _entry_is_dir(entry):
+                continue
+            if _is_broken_link(entry):
+                continue  # already recorded by _class_dirs
+            try:
+                regular = entry.is_file()
+            except OSError:
+                skips.add("unreadable", entry.path)
+                continue
+            if regular:
+                out.append(entry.path)
+            else:
+                skips.add("special", entry.path)
+        return out
+
+    @staticmethod
     def _split_dir(dataset_root: Path, split: str) -> Path:
         if not split or os.path.isabs(split):
             raise VitdepthError(
@@ -707,29 +918,6 @@ class FolderSource(DataSource):
             f"pass folder:{root}:split={pick}{alt}, or folder:{root}:split=. to read its folders as classes"
         )
 
-    def item_name(self, i: int) -> str:
-        """The file path of item ``i``."""
-        return self._paths[self._check_index(i)]
-
-    def load(self, i: int) -> Image.Image:  # noqa: D102 - documented on DataSource
-        path = self._paths[self._check_index(i)]
-        try:
-            # The scan skipped non-regular files, but one may have been swapped in since: opening a FIFO blocks
-            # until something writes to it, i.e. forever.
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                raise ImageLoadError(path, "not a regular file (FIFO, socket or device); it was not opened")
-            with Image.open(path) as img:
-                # Image.open only reads the header; load() forces the full decode here, so a truncated file fails
-                # now (PIL's LOAD_TRUNCATED_IMAGES is left off on purpose) rather than later in the transform.
-                img.load()
-                # Leaving the with-block closes only the file; the decoded pixels stay valid.
-                return _wide_to_rgb(img, path) if img.mode in _WIDE_MODES else to_rgb(img)
-        except ImageLoadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, ValueError, EOFError ...
-            # PIL often repeats the path in its message; the name already carries it.
-            reason = str(exc).replace(f" '{path}'", "").replace(path, "file") or "decode failed"
-            raise ImageLoadError(path, f"{type(exc).__name__}: {reason}") from exc
 
     def _content_hash(self) -> str:
         # Paths, sizes and mtimes: cheap (one stat per file, no reads) and changes whenever a file is added,
@@ -743,7 +931,8 @@ class FolderSource(DataSource):
 
     def identity(self) -> dict[str, Any]:  # noqa: D102 - documented on DataSource
         out = super().identity()
-        # root is the class tree (ROOT/<split> when a split was given); split is None for a plain folder:PATH.
+        # root is the class tree (ROOT/<split> when a split was given, the folder itself for unlabelled images);
+        # split is None for a plain folder:PATH.
         out["root"] = str(self.root)
         out["split"] = self.split
         return out
@@ -802,6 +991,73 @@ def _parse_folder(
     return FolderSource(spec, path, split=split, exclude=exclude)
 
 
+_OPTIONS_TAIL = re.compile(r"^\s*[A-Za-z_][\w-]*\s*=")
+
+
+def split_spec_options(spec: str, body: str | None, kind: str, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """Split ``TARGET[:key=value,...]`` (the part of a spec after ``kind:``) into the target and its options.
+
+    Options are recognised only after the last ``:`` and only when that part starts with ``key=``, so paths and
+    hub ids that contain ``:`` still parse.
+
+    Args:
+        spec: The whole spec, for messages.
+        body: What follows ``kind:`` (None when there was no ``:``).
+        kind: The spec's kind, for messages.
+        keys: The valid option keys.
+
+    Returns:
+        ``(target, {key: value})``.
+
+    Raises:
+        VitdepthError: No target, an option that is not ``key=value``, an unknown or repeated key, or an empty value.
+    """
+    body = (body or "").strip()
+    target, sep, tail = body.rpartition(":")
+    if not sep or not _OPTIONS_TAIL.match(tail):
+        target, tail = body, ""
+    target = target.strip()
+    valid = ", ".join(keys)
+    if not target:
+        raise VitdepthError(f"'{spec}' names no data; use {kind}:TARGET[:key=value,...] (keys: {valid})")
+    options: dict[str, str] = {}
+    for part in tail.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq:
+            raise VitdepthError(f"{kind} option '{part}' in '{spec}' is not key=value; valid keys: {valid}")
+        if key not in keys:
+            close = difflib.get_close_matches(key, list(keys), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise VitdepthError(f"unknown {kind} option '{key}' in '{spec}'{hint}; valid keys: {valid}")
+        if key in options:
+            raise VitdepthError(f"{kind} option '{key}' is given twice in '{spec}'; keep one")
+        if not value:
+            raise VitdepthError(f"{kind} option '{key}' in '{spec}' is empty; give a value ({key}=...) or drop it")
+        options[key] = value
+    return target, options
+
+
+def _parse_hf_dataset(spec: str, options: str | None, seed: int) -> DataSource:
+    from .hfdataset import parse_hf_dataset  # lazy: the module imports `datasets` only when a spec needs it
+
+    return parse_hf_dataset(spec, options)
+
+
+def _parse_wds(spec: str, options: str | None, seed: int) -> DataSource:
+    from .wds import parse_wds
+
+    return parse_wds(spec, options)
+
+
+def _parse_csv(spec: str, options: str | None, seed: int) -> DataSource:
+    from .tabular import parse_csv
+
+    return parse_csv(spec, options)
+
+
 # kind -> (factory, example spec, one-line description). Order is the order list_sources() shows.
 _SOURCES: dict[str, tuple[Callable[[str, str | None, int], DataSource], str, str]] = {
     "digits": (_parse_digits, "digits", "scikit-learn's 1,797 8x8 handwritten digits, 10 classes, no download"),
@@ -813,7 +1069,25 @@ _SOURCES: dict[str, tuple[Callable[[str, str | None, int], DataSource], str, str
     "folder": (
         _parse_folder,
         "folder:PATH",
-        "an ImageFolder tree PATH/<class>/<image> (png, jpg, ...); folder:PATH:split=val reads PATH/val/<class>/...",
+        "an ImageFolder tree PATH/<class>/<image> (png, jpg, ...); folder:PATH:split=val reads PATH/val/<class>/...; "
+        "loose images without class folders are read unlabelled",
+    ),
+    "hf-dataset": (
+        _parse_hf_dataset,
+        "hf-dataset:PATH_OR_ID",
+        "a Hugging Face datasets dataset: save_to_disk folder, .parquet/.arrow files or hub id; options "
+        ":split=NAME,image=COL,label=COL,config=NAME (needs the 'datasets' package)",
+    ),
+    "wds": (
+        _parse_wds,
+        "wds:train-{000000..000009}.tar",
+        "webdataset tar shards (KEY.jpg/png + KEY.cls), indexed once for random access; splits by a hash of each key",
+    ),
+    "csv": (
+        _parse_csv,
+        "csv:FILE",
+        "a CSV of image paths (relative to the file) and labels, columns found by header or given as "
+        ":path=COL,label=COL; no label column: unlabelled",
     ),
 }
 
@@ -831,8 +1105,9 @@ def create_source(spec: str, seed: int = 0, *, exclude: Iterable[str | os.PathLi
     """Create a data source from a spec string.
 
     Args:
-        spec: ``digits``, ``synthetic[:key=value,...]`` (keys ``n``, ``classes``, ``size``), ``folder:PATH`` or
-            ``folder:PATH:split=NAME``.
+        spec: ``digits``, ``synthetic[:key=value,...]`` (keys ``n``, ``classes``, ``size``), ``folder:PATH``,
+            ``folder:PATH:split=NAME``, ``hf-dataset:PATH_OR_ID[:split=NAME,image=COL,label=COL,config=NAME]``,
+            ``wds:PATTERN[:image=EXT,label=EXT]`` or ``csv:FILE[:path=COL,label=COL]``.
         seed: Seed for sources that generate data (``synthetic``); ignored by the others.
         exclude: Folders that ``folder:`` sources never read as data (pass the command's own output directory,
             which may lie inside the dataset); ignored by the other sources.
@@ -866,7 +1141,15 @@ def _unknown_spec_message(spec: str, kind: str) -> str:
     hints = []
     if close:
         hints.append("did you mean " + " or ".join(f"'{c}'" for c in close) + "?")
-    if os.path.isdir(os.path.expanduser(spec)):
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
         hints.append(f"for a folder of images use 'folder:{spec}';")
+    else:
+        lower = spec.lower()
+        for ends, kind in ((".csv", "csv"), (".tsv", "csv"), (".tar", "wds"), (".parquet", "hf-dataset"),
+                           (".arrow", "hf-dataset")):
+            if lower.endswith(ends):
+                hints.append(f"for this file use '{kind}:{spec}';")
+                break
     hint = (" " + " ".join(hints)) if hints else ""
     return f"unknown data spec '{spec}';{hint} valid forms: {_valid_forms()}"
