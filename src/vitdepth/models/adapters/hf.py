@@ -1,6 +1,11 @@
-"""Hugging Face vision transformers from a local directory: ViT, DeiT, DINOv2 (with and
-without registers), DINOv3, BEiT, Data2Vec-vision, ViT-MSN, ViT-MAE (unmasked), I-JEPA, SigLIP,
-AIMv2 and the CLIP vision tower. Loaded offline (``local_files_only=True``).
+"""Hugging Face vision transformers: ViT, DeiT, DINOv2 (with and without registers), DINOv3, BEiT,
+Data2Vec-vision, ViT-MSN, ViT-MAE (unmasked), I-JEPA, SigLIP, AIMv2 and the CLIP vision tower.
+
+``hf:DIR`` loads a local ``save_pretrained`` directory offline (``local_files_only=True``). ``hf:ORG/NAME``
+loads a hub id the library's own way (``from_pretrained(id)``): the Hugging Face cache is read first and
+files are downloaded when allowed, so ``HF_HUB_OFFLINE``, ``HF_HOME`` and a pre-filled cache behave exactly as
+in transformers. The helpers for the hub cache here (:func:`hub_cache_dir`, :func:`hub_failure`) also serve
+the ``timm:`` adapter.
 
 The model keeps its default attention implementation (SDPA where available); the taps
 recompute the probabilities from what it feeds the kernel, which equals ``output_attentions``
@@ -12,9 +17,13 @@ with ``mask_ratio = 0`` and the identity order (the model's own ``noise`` argume
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import json
+import logging
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,9 +113,13 @@ def _check_hf_weights(path: Path) -> None:
     them it reads ``pytorch_model*.bin``, which are opened here with ``torch.load(weights_only=True)``: a pickle
     that would import or run anything is refused without running it, whatever transformers version is installed.
     """
+    _check_hf_weights_in(path, f"{_RESAVE} (safetensors)")
+
+
+def _check_hf_weights_in(path: Path, fix: str) -> None:
+    """:func:`_check_hf_weights` with ``fix`` ending its messages."""
     from ..checkpoint import check_safetensors, load_state_dict
 
-    fix = f"{_RESAVE} (safetensors)"
     shards = sorted(path.glob("model*.safetensors"))
     if shards:
         for f in shards:
@@ -122,15 +135,16 @@ _HF_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 def hf_image_transform(path_or_id: str | os.PathLike[str]) -> HFImageProcessorTransform | None:
     """Load the image processor saved with a Hugging Face model, as a transform.
 
-    Uses ``transformers.AutoImageProcessor.from_pretrained(path_or_id, local_files_only=True)``: nothing is
-    downloaded, a hub id is looked up in the local cache only.
+    A directory is read with ``transformers.AutoImageProcessor.from_pretrained(dir, local_files_only=True)``
+    (nothing is downloaded). A hub id is loaded the library's normal way, ``from_pretrained(id)``: from the
+    Hugging Face cache, downloading when allowed (``HF_HUB_OFFLINE`` is honoured).
 
     Args:
-        path_or_id: A model directory, or a hub id already in the local cache.
+        path_or_id: A model directory, or a hub id (``org/name``).
 
     Returns:
         The transform, or ``None`` when there is no processor config (a directory without
-        ``preprocessor_config.json``, or an id not in the cache).
+        ``preprocessor_config.json``, a hub repo without one, or one that is neither cached nor downloadable).
 
     Raises:
         VitdepthError: transformers is not installed, a local processor config exists but cannot be loaded, or
@@ -148,7 +162,11 @@ def hf_image_transform(path_or_id: str | os.PathLike[str]) -> HFImageProcessorTr
     if is_dir and not any((local / name).is_file() for name in _HF_PROCESSOR_FILES):
         return None
     try:
-        processor = AutoImageProcessor.from_pretrained(str(local) if is_dir else where, local_files_only=True)
+        if is_dir:
+            processor = AutoImageProcessor.from_pretrained(str(local), local_files_only=True)
+        else:
+            with quiet_hub():
+                processor = AutoImageProcessor.from_pretrained(where)
     except (OSError, ValueError) as exc:
         if not is_dir:
             return None
@@ -159,6 +177,106 @@ def hf_image_transform(path_or_id: str | os.PathLike[str]) -> HFImageProcessorTr
             "fix or remove its preprocessor_config.json"
         ) from exc
     return HFImageProcessorTransform(processor, source=str(local) if is_dir else where)
+
+
+# --- the Hugging Face hub cache (also used by the timm: adapter) ---------------------------------------------------
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hugging Face model id, ``org/name`` (letters, digits, ``-_.``)."""
+    return bool(_HUB_ID.fullmatch(text)) and ".." not in text and "--" not in text and not text.endswith(".")
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache the libraries read and fill now (``huggingface_hub.constants.HF_HUB_CACHE``)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def hf_cli() -> str:
+    """The command-line tool the installed huggingface_hub provides: ``hf``, or ``huggingface-cli`` before 0.34."""
+    try:
+        from importlib.metadata import distribution
+
+        names = {ep.name for ep in distribution("huggingface_hub").entry_points}
+    except Exception:  # noqa: BLE001 - metadata unreadable: name the current tool
+        return "hf"
+    return "huggingface-cli" if "huggingface-cli" in names and "hf" not in names else "hf"
+
+
+@contextlib.contextmanager
+def quiet_hub():
+    """Silence huggingface_hub's warnings (``Retrying in 1s``...) while a file is fetched: a miss is one line."""
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _causes(e: BaseException | None):
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def hub_failure(e: BaseException, spec: str, repo: str, fill: str, alternative: str,
+                subject: str | None = None) -> VitdepthError | None:
+    """A one-line error for a hub failure of ``repo``, or ``None`` when ``e`` is not about reaching the hub.
+
+    Args:
+        e: what the library raised (its causes are searched).
+        spec: the model spec, which starts the message.
+        repo: the hub repository.
+        fill: what follows ``hf download`` in the command that fills the cache (the repo, maybe file names).
+        alternative: the other way out, after "or".
+        subject: what is missing, with its verb (default ``"SPEC is"``).
+    """
+    from huggingface_hub import constants, errors
+
+    for c in _causes(e):
+        if isinstance(c, errors.GatedRepoError):
+            return VitdepthError(f"{spec}: the hub repository {repo} is gated; accept its terms on huggingface.co and "
+                                 f"log in with `{hf_cli()} auth login`, or {alternative}")
+        if isinstance(c, errors.RepositoryNotFoundError):
+            return VitdepthError(f"{spec}: there is no model {repo} on the Hugging Face hub (or it is private: log in "
+                                 f"with `{hf_cli()} auth login`); check the name, or {alternative}")
+        if isinstance(c, errors.RevisionNotFoundError):
+            return VitdepthError(f"{spec}: the hub repository {repo} has no such revision; check it, or {alternative}")
+        if isinstance(c, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+            why = ("HF_HUB_OFFLINE is set" if getattr(constants, "HF_HUB_OFFLINE", False)
+                   else "the hub cannot be reached")
+            return VitdepthError(f"{subject or spec + ' is'} not in the Hugging Face cache {hub_cache_dir()} and "
+                                 f"cannot be downloaded ({why}); fill the cache with `{hf_cli()} download {fill}` "
+                                 f"or {alternative}")
+    return None
+
+
+def snapshot_commit(path: str | os.PathLike[str] | None) -> str | None:
+    """The commit of a file in the hub cache, from its path ``.../snapshots/<commit>/<file>``."""
+    if not path:
+        return None
+    parts = Path(path).parts
+    idx = max((i for i, part in enumerate(parts) if part == "snapshots"), default=-1)
+    return parts[idx + 1] if 0 <= idx < len(parts) - 2 else None
+
+
+def cached_hub_file(repo: str, filename: str, revision: str | None = None) -> str | None:
+    """Path of ``filename`` of ``repo`` in the hub cache (``try_to_load_from_cache``), ``None`` when not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hit = try_to_load_from_cache(repo, filename, revision=revision)
+    except Exception:  # noqa: BLE001 - an id or revision the cache cannot hold: not cached
+        return None
+    return hit if isinstance(hit, str) else None
 
 
 def _is_mae(model: nn.Module) -> bool:
@@ -226,63 +344,152 @@ def _main_output(model: nn.Module, out):
     raise VitdepthError(f"{type(model).__name__} returned no logits, pooler_output or last_hidden_state")
 
 
-@register_adapter("hf", example="hf:/path/to/vit-model-dir",
-                  description="a local Hugging Face ViT-like directory (ViT, DeiT, DINOv2/v3, BEiT, Data2Vec, MSN, "
-                              "MAE, I-JEPA, SigLIP, AIMv2, CLIP vision; see docs/models.md), loaded offline")
-def load_hf(target: str, *, checkpoint: str | None, random_init: bool, seed: int,
-            image_size: int | None = None) -> TappedModel:
+_HF_ALTERNATIVE = "pass hf:DIR, a local save_pretrained directory"
+_HUB_WEIGHTS = (("model.safetensors", "model.safetensors.index.json"),
+                ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def _hub_files(repo: str, commit: str | None) -> dict[str, str]:
+    """sha256 of the files of ``repo`` at ``commit`` that the load read from the hub cache: config, processor
+    config and the weights transformers prefers (safetensors, else ``pytorch_model.bin``; shards of an index)."""
+    names = ["config.json", *_HF_PROCESSOR_FILES]
+    for single, index in _HUB_WEIGHTS:
+        if cached_hub_file(repo, single, commit):
+            names.append(single)
+            break
+        index_file = cached_hub_file(repo, index, commit)
+        if index_file:
+            try:
+                shards = sorted(set(json.loads(Path(index_file).read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                shards = []
+            names += [index, *shards]
+            break
+    found = {name: cached_hub_file(repo, name, commit) for name in names}
+    return {name: file_sha256(path) for name, path in found.items() if path}
+
+
+def _hf_auto(transformers, config):
+    architectures = getattr(config, "architectures", None)
+    architectures = architectures if isinstance(architectures, (list, tuple)) else []
+    return (transformers.AutoModelForImageClassification
+            if any(isinstance(a, str) and a.endswith("ForImageClassification") for a in architectures)
+            else transformers.AutoModel)
+
+
+def _vision_config(config):
+    if getattr(config, "model_type", "") in ("clip", "siglip", "siglip2", "aimv2"):  # a full model: its vision tower
+        return config.vision_config
+    return config
+
+
+def _from_config(transformers, config, where: str):
     try:
-        import transformers
-    except ImportError:
-        raise VitdepthError("hf: models need Hugging Face transformers; pip install 'vitdepth[hf]'") from None
-    path = Path(target)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise VitdepthError(f"hf model directory {path} does not exist or has no config.json; pass a local "
-                            "directory saved with save_pretrained (nothing is downloaded)")
-    if checkpoint:
-        raise VitdepthError("--checkpoint is not used with hf: models; the weights come from the directory")
-    transformers.utils.logging.disable_progress_bar()  # keep the CLI's output to its own lines
+        return transformers.AutoModel.from_config(config)
+    except Exception as e:  # noqa: BLE001 - a config transformers accepts but cannot build a model from
+        raise VitdepthError(f"cannot build a Hugging Face model from {where} ({_one_line(e)}); {_RESAVE}") from None
+
+
+def _load_hf_dir(transformers, path: Path, random_init: bool):
+    """Config, model and weights record of a local ``save_pretrained`` directory, read offline."""
     _check_config_json(path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a config it cannot use
         raise VitdepthError(f"{path / 'config.json'} is not a usable Hugging Face config ({_one_line(e)}); "
                             f"{_RESAVE}") from None
-    if getattr(config, "model_type", "") in ("clip", "siglip", "siglip2", "aimv2"):  # a full model: its vision tower
-        config = config.vision_config
-    torch.manual_seed(seed)
+    config = _vision_config(config)
     if random_init:
-        try:
-            model = transformers.AutoModel.from_config(config)
-        except Exception as e:  # noqa: BLE001 - a config transformers accepts but cannot build a model from
-            raise VitdepthError(f"cannot build a Hugging Face model from {path / 'config.json'} ({_one_line(e)}); "
-                                f"{_RESAVE}") from None
-        weights = {"source": "random-init", "seed": seed}
+        return config, _from_config(transformers, config, str(path / "config.json")), None
+    _check_hf_weights(path)
+    try:
+        model = _hf_auto(transformers, config).from_pretrained(path, local_files_only=True)
+    except VitdepthError:
+        raise
+    except Exception as e:  # noqa: BLE001 - missing / corrupt weights or config surface as many types
+        raise VitdepthError(f"could not load the Hugging Face model in {path} ({_one_line(e)}); {_RESAVE}") from None
+    wfile = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
+    return config, model, {"source": "hf-directory", "path": str(path), "sha256": file_sha256(wfile) if wfile else None}
+
+
+def _load_hf_hub(transformers, repo: str, random_init: bool):
+    """Config, model and weights record of a hub id, loaded with ``from_pretrained(id)`` (the cache first,
+    downloads when allowed). Weights already cached are checked first like a directory's (safetensors headers;
+    a ``pytorch_model.bin`` opened with ``weights_only=True``); transformers itself loads with weights_only=True."""
+    spec = f"hf:{repo}"
+
+    def failed(e: BaseException, what: str) -> VitdepthError:
+        return hub_failure(e, spec, repo, repo, _HF_ALTERNATIVE) or VitdepthError(
+            f"{spec}: could not load the {what} from the Hugging Face hub ({_one_line(e)}); {_HF_ALTERNATIVE}")
+
+    try:
+        with quiet_hub():
+            config = transformers.AutoConfig.from_pretrained(repo)
+    except Exception as e:  # noqa: BLE001 - hub and config errors surface as many types
+        raise failed(e, "config") from None
+    commit = getattr(config, "_commit_hash", None) or snapshot_commit(cached_hub_file(repo, "config.json"))
+    full_config, config = config, _vision_config(config)
+    if random_init:
+        return config, _from_config(transformers, config, spec), None
+    cached_config = cached_hub_file(repo, "config.json", commit)
+    if cached_config:  # weights already in this snapshot are checked before transformers reads them
+        fix = f"delete them and fill the cache again with `{hf_cli()} download {repo}`"
+        _check_hf_weights_in(Path(cached_config).parent, fix)
+    try:
+        with quiet_hub():
+            model = _hf_auto(transformers, full_config).from_pretrained(repo)
+    except VitdepthError:
+        raise
+    except Exception as e:  # noqa: BLE001 - missing / corrupt weights or hub errors surface as many types
+        raise failed(e, "model") from None
+    commit = getattr(model.config, "_commit_hash", None) or commit
+    return config, model, {"source": "hf-hub", "id": repo, "commit": commit, "files": _hub_files(repo, commit)}
+
+
+@register_adapter("hf", example="hf:google/vit-base-patch16-224",
+                  description="a Hugging Face ViT-like model, a local directory or a hub id (ViT, DeiT, DINOv2/v3, "
+                              "BEiT, Data2Vec, MSN, MAE, I-JEPA, SigLIP, AIMv2, CLIP vision; see docs/models.md); hub "
+                              "ids from the Hugging Face cache, downloaded when allowed")
+def load_hf(target: str, *, checkpoint: str | None, random_init: bool, seed: int,
+            image_size: int | None = None) -> TappedModel:
+    try:
+        import transformers
+    except ImportError:
+        raise VitdepthError("hf: models need Hugging Face transformers; pip install 'vitdepth[hf]'") from None
+    path = Path(os.path.expanduser(target))
+    hub = None
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise VitdepthError(f"hf model directory {path} has no config.json; pass a directory saved with "
+                                "save_pretrained or a hub id such as google/vit-base-patch16-224")
+    elif is_hub_id(target):
+        hub = target
     else:
-        _check_hf_weights(path)
-        architectures = getattr(config, "architectures", None)
-        architectures = architectures if isinstance(architectures, (list, tuple)) else []
-        auto = (transformers.AutoModelForImageClassification
-                if any(isinstance(a, str) and a.endswith("ForImageClassification") for a in architectures)
-                else transformers.AutoModel)
-        try:
-            model = auto.from_pretrained(path, local_files_only=True)
-        except VitdepthError:
-            raise
-        except Exception as e:  # noqa: BLE001 - missing / corrupt weights or config surface as many types
-            raise VitdepthError(f"could not load the Hugging Face model in {path} ({_one_line(e)}); "
-                                f"{_RESAVE}") from None
-        wfile = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
-        weights = {"source": "hf-directory", "path": str(path),
-                   "sha256": file_sha256(wfile) if wfile else None}
+        raise VitdepthError(f"hf:{target} is neither an existing directory nor a Hugging Face hub id (org/name); "
+                            "pass a directory saved with save_pretrained or an id such as google/vit-base-patch16-224")
+    if checkpoint:
+        raise VitdepthError("--checkpoint is not used with hf: models; the weights come from the directory or hub id")
+    transformers.utils.logging.disable_progress_bar()  # keep the CLI's output to its own lines
+    torch.manual_seed(seed)
+    if hub is None:
+        config, model, weights = _load_hf_dir(transformers, path, random_init)
+    else:
+        config, model, weights = _load_hf_hub(transformers, hub, random_init)
+    if weights is None:
+        weights = {"source": "random-init", "seed": seed}
     if _is_mae(model):
         model.config.mask_ratio = 0.0  # analyzed unmasked, in the identity patch order (see _hf_call)
-    preprocess = hf_preprocess(path, config)
     transform = None
+    if hub is not None:
+        transform = hf_image_transform(hub)  # also brings its preprocessor_config.json into the cache, read below
+        transform = transform if image_size is None else None
+        cached_config = cached_hub_file(hub, "config.json", weights.get("commit"))
+        path = Path(cached_config).parent if cached_config else path  # the snapshot: its preprocessor_config.json
+    elif image_size is None:
+        transform = hf_image_transform(path)  # the model's own image processor, where the directory has one
+    preprocess = hf_preprocess(path, config)
     if image_size is not None:
         preprocess = replace(preprocess, input_size=(image_size, image_size), crop_pct=1.0)
-    else:
-        transform = hf_image_transform(path)  # the model's own image processor, where the directory has one
     tm = hf_tapped(model, f"hf:{target}", preprocess, interpolate=image_size is not None)
     tm.transform = transform
     tm.identity["weights"] = weights

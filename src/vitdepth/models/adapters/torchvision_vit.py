@@ -7,14 +7,21 @@ is what ``F.multi_head_attention_forward`` computes; the self-check compares the
 module's own ``need_weights=True`` probabilities. Preprocessing is the weights' own transform
 (``Weights.DEFAULT.transforms()``: resize 256 bilinear, center crop 224 for ``vit_b_16``).
 
-Weights come from ``--checkpoint`` (a state dict), from torch hub's cache when the file is already
-there (``$TORCH_HOME/hub/checkpoints``), or ``--random-init``.
+Weights come from ``--checkpoint`` (a state dict), ``--random-init``, or by default the ``DEFAULT`` weights
+through torchvision's own path, torch hub's cache (``$TORCH_HOME/hub/checkpoints``), downloaded there when
+allowed. torchvision's ``Weights.get_state_dict`` unpickles with torch hub's default ``weights_only=False``, so
+the file is fetched and loaded here with ``torch.hub.load_state_dict_from_url(..., weights_only=True,
+check_hash=True)`` instead: nothing in it can run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import os
+import urllib.parse
+import warnings
 
 import torch
 from torch import nn
@@ -55,6 +62,47 @@ def torchvision_reference(model: nn.Module, x: torch.Tensor) -> Reference:
     return Reference(None, attns, "nn.MultiheadAttention need_weights=True (torchvision exposes no hidden states)")
 
 
+def torch_hub_weights(url: str, spec: str) -> tuple[dict[str, torch.Tensor], str]:
+    """A state dict from ``url`` through torch hub's cache, downloaded when allowed, never unpickled unsafely.
+
+    ``torch.hub.load_state_dict_from_url(url, weights_only=True, check_hash=True)``: the cache
+    (``torch.hub.get_dir()/checkpoints``) is read first, a missing file is downloaded there (its hash prefix
+    in the file name checked).
+
+    Args:
+        url: the weights' address.
+        spec: the model spec, which starts the error messages.
+
+    Returns:
+        The state dict and the path of the file in the cache.
+
+    Raises:
+        VitdepthError: the file is not cached and cannot be downloaded (naming the cache and the command that
+            fills it), or it is not a plain state dict of tensors (refused without running it).
+    """
+    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    cached = os.path.join(cache_dir, name)
+    fetch = f"curl -L --create-dirs -o {cached} {url}"
+    try:
+        # torch hub prints 'Downloading: ...' before it tries: the CLI's output stays its own, a failure one line
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notices; the error below says enough
+            sd = torch.hub.load_state_dict_from_url(url, model_dir=cache_dir, map_location="cpu", progress=False,
+                                                    check_hash=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - network, hash and unpickling failures surface as many types
+        if not os.path.isfile(cached):
+            reason = " ".join(str(e).split())[:160]
+            raise VitdepthError(f"{spec} needs weights and nothing is downloaded: {name} is not in {cache_dir} and "
+                                f"fetching it failed ({type(e).__name__}: {reason}); fill the cache with `{fetch}` "
+                                "or pass --checkpoint PATH / --random-init") from None
+        sd = None  # there but refused: the safe loader below names why, in one line
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        sd = load_state_dict(cached, fix=f"delete it and fill the cache again with `{fetch}`")
+    return sd, cached
+
+
 def _preprocess_record(weights) -> PreprocessConfig:
     t = weights.transforms()
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
@@ -78,8 +126,9 @@ def wrap_torchvision(model: nn.Module, spec: str, identity: dict, weights=None) 
 
 
 @register_adapter("torchvision", example="torchvision:vit_b_16",
-                  description="torchvision ViTs (vit_b_16, vit_l_16, ...); weights from --checkpoint, torch hub's "
-                              "cache, or --random-init; the weights' own preprocessing")
+                  description="torchvision ViTs (vit_b_16, vit_l_16, ...); DEFAULT weights through torch hub's "
+                              "cache (downloaded when allowed), --checkpoint or --random-init; the weights' own "
+                              "preprocessing")
 def load_torchvision(name: str, *, checkpoint: str | None, random_init: bool, seed: int) -> TappedModel:
     import torchvision
 
@@ -98,18 +147,13 @@ def load_torchvision(name: str, *, checkpoint: str | None, random_init: bool, se
     elif random_init:
         sd, source = None, {"source": "random-init", "seed": seed}
     else:
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-        if not os.path.isfile(cached):
-            raise VitdepthError(f"torchvision:{name} needs weights and nothing is downloaded: pass --checkpoint PATH "
-                                f"or --random-init, or place {os.path.basename(weights.url)} in "
-                                f"{os.path.dirname(cached)}")
-        sd = load_state_dict(cached)
-        source = {"source": "torch-hub-cache", "path": cached, "sha256": file_sha256(cached),
-                  "weights": str(weights)}
+        sd, cached = torch_hub_weights(weights.url, f"torchvision:{name}")
+        source = {"source": "torchvision-weights", "weights": str(weights), "url": weights.url, "file": cached,
+                  "sha256": file_sha256(cached)}
     torch.manual_seed(seed)
     num_classes = int(sd["heads.head.weight"].shape[0]) if sd is not None and "heads.head.weight" in sd else 1000
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if sd is not None:
-        apply_state_dict(model, sd, checkpoint or "torch hub cache")
+        apply_state_dict(model, sd, checkpoint or source["file"])
     return wrap_torchvision(model, f"torchvision:{name}", {"class": f"torchvision.{type(model).__name__}",
                                                            "weights": source}, weights)
