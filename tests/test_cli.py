@@ -164,7 +164,13 @@ def _bad_inputs(tmp_path: Path, tiny_ckpt: Path):
     ], exists
 
 
-def test_bad_input_errors(tmp_path, tiny_ckpt, capsys):
+def test_bad_input_errors(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    # timm's pretrained weights are looked up in an empty cache with downloads off (the offline-miss line)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     cases, exists = _bad_inputs(tmp_path, tiny_ckpt)
     capsys.readouterr()
     for i, (model_args, data, expected) in enumerate(cases):

@@ -139,6 +139,12 @@ def test_torchvision_spec_loads_and_matches_need_weights(tmp_path, monkeypatch):
     assert tm.transform is not None and tm.transform.to_dict()
     # offline with nothing cached: one line naming the cache and the fix
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    import urllib.error
+
+    def offline(*_a, **_k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)  # even where a network exists
     with pytest.raises(VitdepthError, match="needs weights and nothing is downloaded") as err:
         create_model("torchvision:vit_b_32")
     assert str(tmp_path / "hub") in str(err.value)

@@ -49,7 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("model", help="model spec, e.g. timm:vit_small_patch16_224, hf:DIR, torchvision:vit_b_16, "
                                  "file:DIR (see `vitdepth models` and docs/models.md)")
     a.add_argument("--data", default="digits", help="data spec: digits, synthetic[:n=..,classes=..,size=..], "
-                                                    "folder:PATH[:split=val] (default: digits)")
+                                                    "folder:PATH[:split=val], hf-dataset:PATH_OR_ID[:split=..], "
+                                                    "wds:SHARDS, csv:FILE (default: digits; see `vitdepth models`)")
     a.add_argument("--out", required=True, help="run directory to write")
     a.add_argument("--samples", type=_int_in("--samples", 1), default=None,
                    help="analyze a stratified subset of N images")
@@ -66,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     a.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     a.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    a.add_argument("--num-workers", type=_int_in("--num-workers", 0), default=None,
+                   help="DataLoader workers decoding images (default: CPU count - 1, at most 8, for file-backed data; "
+                        "0 for digits / synthetic)")
     a.add_argument("--no-self-check", action="store_true",
                    help="skip comparing the taps with the model's own attention and hidden states on the first "
                         "images (on by default: attention that does not match is not reported)")
@@ -119,7 +123,7 @@ def _cmd_analyze(args) -> int:
                         batch_size=args.batch_size, device=args.device, seed=args.seed, checkpoint=args.checkpoint,
                         random_init=args.random_init, quiet=args.quiet, overwrite=args.overwrite,
                         strict=args.strict, name=args.name, metrics=args.metrics, probe=args.probe,
-                        self_check=not args.no_self_check, image_size=args.image_size,
+                        self_check=not args.no_self_check, image_size=args.image_size, num_workers=args.num_workers,
                         preprocess=tuple(args.preprocess or ()))
     out = analyze(cfg)
     if not args.quiet:

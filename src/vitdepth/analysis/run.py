@@ -16,8 +16,10 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from ..data import (
     check_labels,
     create_source,
     iterate_batches,
+    source_from_object,
     split_coverage,
     stratified_splits,
     stratified_subset,
@@ -41,7 +44,7 @@ from ..metrics.collapse import CollapseStats, collapse_compute, collapse_merge, 
 from ..metrics.isi_rec import ReconstructionISI
 from ..metrics.probes import fit_ridge_probe
 from ..metrics.stats import bootstrap_mean_ci, wilson_interval
-from ..models import TappedModel, create_model
+from ..models import TappedModel, create_model, tap_module
 from ..outputs import OutputDir, disk_full_error
 from ..phases import saturation_layer
 from ..results import layer_depth, layer_order, write_layers
@@ -56,10 +59,20 @@ COLLAPSE_IDS = frozenset(m for m, info in METRICS.items() if info.family == "col
 
 @dataclass
 class AnalyzeConfig:
-    """Everything that determines a run (recorded in run.json)."""
+    """Everything that determines a run (recorded in run.json).
 
-    model: str
-    data: str = "digits"
+    ``model`` is a spec string (``timm:NAME``, ``hf:ID_OR_DIR``, ``torchvision:NAME``, ``file:DIR``), a built
+    ``torch.nn.Module`` (timm, Hugging Face or torchvision vision transformer) or a
+    :class:`~vitdepth.models.TappedModel`. ``data`` is a data spec string (``digits``, ``folder:PATH``,
+    ``hf-dataset:...``, ``wds:...``, ``csv:...``), a ``torch.utils.data.Dataset`` yielding ``(image, label)``
+    (PIL images go through the model's preprocessing, tensors are used as they are), a ``DataLoader`` over one,
+    or a Hugging Face ``datasets.Dataset``. ``transform`` (PIL image → (3, H, W) tensor) replaces the model's own
+    preprocessing; it is needed for a passed module whose preprocessing cannot be found (torchvision modules,
+    Hugging Face modules without an image processor) when the data yields PIL images.
+    """
+
+    model: Any
+    data: Any = "digits"
     out: str = "runs/analyze"
     samples: int | None = None
     batch_size: int = 32
@@ -75,7 +88,7 @@ class AnalyzeConfig:
     n_boot: int = 1000
     n_boot_phases: int = 200
     report: bool = True
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: from the CPU count for file-backed data, else 0
     figures: bool = True
     metrics: str | None = None  # --metrics: groups core / paper / all and single ids; None = all
     probe: str | None = None  # --probe logistic adds the softmax-regression probe to the selection
@@ -84,14 +97,33 @@ class AnalyzeConfig:
     self_check: bool = True  # compare taps with the model's own attention / hidden states on the first images
     image_size: int | None = None  # --image-size: run the model at this input size
     preprocess: tuple[str, ...] = ()  # --preprocess KEY=VALUE overrides of the model's preprocessing
+    transform: Callable | None = None  # replaces the model's own preprocessing (objects passed in Python)
     extra: dict = field(default_factory=dict)
 
 
-def _display_name(cfg: AnalyzeConfig) -> str:
+def _display_name(cfg: AnalyzeConfig, tm: TappedModel) -> str:
     if cfg.name:
         return cfg.name
+    if not isinstance(cfg.model, str):
+        return type(tm.model).__name__
     target = cfg.model.partition(":")[2] or cfg.model
     return Path(target.rstrip("/")).name or target
+
+
+def _describe(value) -> Any:
+    """A JSON-ready stand-in for a config value (objects passed in Python are recorded by class)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
+    return f"<{type(value).__module__}.{type(value).__qualname__} object>"
+
+
+def _config_record(cfg: AnalyzeConfig) -> dict:
+    # not dataclasses.asdict: it deep-copies every value, a whole model or dataset included
+    return {f.name: _describe(getattr(cfg, f.name)) for f in fields(cfg) if f.name != "extra"} | cfg.extra
 
 
 def _validate(cfg: AnalyzeConfig) -> None:
@@ -109,8 +141,88 @@ def _validate(cfg: AnalyzeConfig) -> None:
 
 def _model_inputs(cfg: AnalyzeConfig) -> list[str]:
     """Paths the model spec reads (never to be replaced by --out)."""
-    target = cfg.model.partition(":")[2]
+    target = cfg.model.partition(":")[2] if isinstance(cfg.model, str) else None
     return [p for p in (cfg.checkpoint, target) if p and os.path.exists(p)]
+
+
+def _resolve_model(cfg: AnalyzeConfig, device: torch.device) -> TappedModel:
+    """A spec, a built module or an already tapped model → a :class:`TappedModel` on ``device``."""
+    if isinstance(cfg.model, str):
+        return create_model(cfg.model, checkpoint=cfg.checkpoint, random_init=cfg.random_init, seed=cfg.seed,
+                            device=device, image_size=cfg.image_size)
+    if cfg.checkpoint or cfg.random_init or cfg.image_size:
+        raise VitdepthError("checkpoint, random_init and image_size apply to model specs; a model object is "
+                            "analyzed as it is")
+    if isinstance(cfg.model, TappedModel):
+        tm = cfg.model
+    elif isinstance(cfg.model, torch.nn.Module):
+        tm = tap_module(cfg.model, f"object:{type(cfg.model).__name__}")
+        tm.identity["parameters_sha256"] = _parameter_hash(tm.model)
+    else:
+        raise VitdepthError(f"model must be a spec string, a torch.nn.Module or a TappedModel, got "
+                            f"{type(cfg.model).__name__}; e.g. analyze(model='timm:vit_small_patch16_224', ...)")
+    tm.model.eval()
+    return tm.to(device)
+
+
+def _parameter_hash(model: torch.nn.Module) -> str:
+    """sha256 over the module's state dict (names, shapes, dtypes, bytes): the identity of in-memory weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class _NeedsTransform:
+    """Stands in for the preprocessing of a passed module that has none: fine for tensor data, an error for PIL."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __call__(self, img):
+        raise VitdepthError(f"no preprocessing is known for {self.what} and the data yields PIL images; pass "
+                            "transform= (PIL image -> (3, H, W) tensor), or a dataset of preprocessed tensors")
+
+    def to_dict(self) -> dict:
+        return {"kind": "none (tensor data used as given)"}
+
+
+def _resolve_transform(cfg: AnalyzeConfig, tm: TappedModel):
+    """The model's own preprocessing, an override, or the user's ``transform``; see :class:`AnalyzeConfig`."""
+    if cfg.transform is not None:
+        return cfg.transform
+    if cfg.preprocess:  # explicit overrides replace the library's own transform with timm's, as configured
+        tm.preprocess = apply_preprocess_overrides(tm.preprocess, list(cfg.preprocess))
+        tm.transform = None
+    if tm.transform is not None:
+        return tm.transform
+    if isinstance(cfg.model, str) or tm.adapter == "timm":  # timm modules carry their pretrained config
+        return build_transform(tm.preprocess)
+    source = getattr(getattr(tm.model, "config", None), "_name_or_path", "") if tm.adapter == "hf" else ""
+    if source:  # a Hugging Face module loaded with from_pretrained knows where its image processor lives
+        from ..models.adapters.hf import hf_image_transform
+
+        try:
+            found = hf_image_transform(source)
+        except VitdepthError:
+            found = None
+        if found is not None:
+            return found
+    return _NeedsTransform(f"the {type(tm.model).__name__} object")
+
+
+def _auto_workers(cfg: AnalyzeConfig) -> int:
+    """DataLoader workers: decoding files benefits from them; in-memory and user objects stay in-process."""
+    if cfg.num_workers is not None:
+        if cfg.num_workers < 0:
+            raise VitdepthError(f"--num-workers must be >= 0, got {cfg.num_workers}")
+        return cfg.num_workers
+    file_backed = isinstance(cfg.data, str) and cfg.data.split(":", 1)[0] in ("folder", "csv", "wds", "hf-dataset")
+    return min(8, max(0, (os.cpu_count() or 1) - 1)) if file_backed else 0
 
 
 def _versions() -> dict:
@@ -202,27 +314,46 @@ class _Pass:
             self.cache.write(ts, first_row, block)
 
 
-def analyze(cfg: AnalyzeConfig) -> Path:
-    """Run the analysis described by ``cfg`` and return the run directory.
+def analyze(cfg: AnalyzeConfig | None = None, /, **kwargs) -> Path:
+    """Run the analysis and return the run directory.
+
+    Call it with a config, ``analyze(AnalyzeConfig(model=..., data=..., out=...))``, or with the same fields as
+    keywords, ``analyze(model=my_vit, data=my_dataset, out="runs/x")`` (see :class:`AnalyzeConfig` for the
+    objects ``model`` and ``data`` accept).
 
     Raises:
         VitdepthError: bad input (spec, paths, data, existing run directory); nothing is left behind.
     """
+    if cfg is None:
+        try:
+            cfg = AnalyzeConfig(**kwargs)
+        except TypeError as e:
+            raise VitdepthError(f"analyze(): {e}; the keywords are the fields of AnalyzeConfig") from None
+    elif kwargs:
+        raise VitdepthError("analyze() takes an AnalyzeConfig or keywords, not both")
     t_start = time.perf_counter()
     _validate(cfg)
     od = OutputDir(cfg.out, "run", overwrite=cfg.overwrite, inputs=_model_inputs(cfg))
     od.check()  # before anything is loaded: a bad --out costs nothing
     device = _resolve_device(cfg.device)
-    source = create_source(cfg.data, seed=cfg.seed, exclude=[od.out])  # never read our own output as data
+    if isinstance(cfg.data, str):
+        source = create_source(cfg.data, seed=cfg.seed, exclude=[od.out])  # never read our own output as data
+    else:
+        source = source_from_object(cfg.data)
     root = getattr(source, "root", None)
     od.inputs += [Path(root)] if root is not None else []
+    labelled = bool(getattr(source, "labelled", True))
     labels_all = np.asarray(source.labels)
-    check_labels(labels_all, source.class_names)
+    if labelled:
+        check_labels(labels_all, source.class_names)
     indices = stratified_subset(labels_all, cfg.samples, cfg.seed) if cfg.samples else np.arange(len(source))
     labels = labels_all[indices]
-    check_labels(labels, source.class_names)
-    splits = stratified_splits(labels, cfg.split_fractions, seed=cfg.seed)
-    coverage = split_coverage(labels, splits, source.class_names)
+    fixed = source.assign_splits(tuple(cfg.split_fractions)) if hasattr(source, "assign_splits") else None
+    if labelled:
+        check_labels(labels, source.class_names)
+    splits = (np.asarray(fixed)[indices] if fixed is not None
+              else stratified_splits(labels, cfg.split_fractions, seed=cfg.seed))
+    coverage = split_coverage(labels, splits, source.class_names) if labelled else []
     if coverage and cfg.strict:
         raise VitdepthError(f"{coverage[0]} (--strict)")
     source.warnings = list(getattr(source, "warnings", [])) + coverage
@@ -235,14 +366,14 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         raise VitdepthError(f"--probe {cfg.probe!r} is not known; use ridge (always on) or logistic")
     if cfg.probe == "logistic":
         metrics |= {"probe_acc_logistic"}
+    unlabelled = frozenset()
+    if not labelled:  # probes and neural collapse need classes: not applicable, never zeros
+        unlabelled = frozenset(m for m in metrics if METRICS[m].kind == "probe" or m in COLLAPSE_IDS)
+        metrics -= unlabelled
     od.check()  # the data source may have added inputs
-    tm = create_model(cfg.model, checkpoint=cfg.checkpoint, random_init=cfg.random_init, seed=cfg.seed,
-                      device=device, image_size=cfg.image_size)
-    if cfg.preprocess:  # explicit overrides replace the library's own transform with timm's, as configured
-        tm.preprocess = apply_preprocess_overrides(tm.preprocess, list(cfg.preprocess))
-        tm.transform = None
-    transform = tm.transform if tm.transform is not None else build_transform(tm.preprocess)
-    name = _display_name(cfg)
+    tm = _resolve_model(cfg, device)
+    transform = _resolve_transform(cfg, tm)
+    name = _display_name(cfg, tm)
     check = None
     if cfg.self_check:
         check, metrics = _run_self_check(tm, source, indices, transform, device, metrics, cfg)
@@ -253,7 +384,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     try:
         with od:
             _analyze_into(od.tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start,
-                          metrics, check)
+                          metrics, check, unlabelled)
             return od.commit()
     except OSError as e:
         if e.errno == errno.ENOSPC:
@@ -280,8 +411,8 @@ def _run_self_check(tm, source, indices, transform, device, metrics, cfg):
         return None, metrics
     check = self_check(tm, batch.images.to(device, tm.dtype))
     if check.tokens == "failed":
-        raise VitdepthError(f"self-check failed for {cfg.model}: {check.reason}; vitdepth cannot tap this model "
-                            "correctly (please report it; --no-self-check skips the check at your own risk)")
+        raise VitdepthError(f"self-check failed for {_describe(cfg.model)}: {check.reason}; vitdepth cannot tap "
+                            "this model correctly (please report it; --no-self-check skips the check at your own risk)")
     if not cfg.quiet:
         print(check.summary(), file=sys.stderr)
     if check.attention != "verified" and metrics & ATTENTION_IDS:
@@ -294,7 +425,7 @@ def _run_self_check(tm, source, indices, transform, device, metrics, cfg):
 
 
 def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics,
-                  check=None) -> None:
+                  check=None, unlabelled=frozenset()) -> None:
     n = len(indices)
     layers = tm.layer_names
     dim = tm.sites.patch_proj.out_channels
@@ -314,7 +445,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     with torch.inference_mode(), Progress(n, "analyze", quiet=cfg.quiet) as progress:
         first = 0
         for batch in iterate_batches(source, indices, transform, cfg.batch_size, strict=cfg.strict,
-                                     num_workers=cfg.num_workers):
+                                     num_workers=_auto_workers(cfg)):
             span = len(batch.indices) + len(batch.skipped)
             rows = np.searchsorted(indices, batch.indices)
             skipped += [{"index": int(i), "item": nm, "reason": why} for i, nm, why in batch.skipped]
@@ -325,9 +456,10 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
             progress.update(span)
     t_pass = time.perf_counter() - t0
     if not loaded.any():
-        raise VitdepthError(f"no image of {cfg.data} could be read ({len(skipped)} skipped); check the files")
-    labels_ok = labels[loaded]
-    check_labels(labels_ok, source.class_names)
+        raise VitdepthError(f"no image of {_describe(cfg.data)} could be read ({len(skipped)} skipped); check the "
+                            "files")
+    if not unlabelled and getattr(source, "labelled", True):
+        check_labels(labels[loaded], source.class_names)
 
     stages = Stages(quiet=cfg.quiet)
     rows_out, post_warnings, isi_info = [], [], None
@@ -340,10 +472,13 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
         isi_rec = state.isi_rec = None
     correct_store = {ts: np.full((n, len(layers)), np.nan) for ts in cache.layers}
     usable = loaded[:, None] & state.finite  # (images, layers): what the probes of each layer may use
-    with stages("probes_s", "ridge probes" + (" and neural collapse" if metrics & COLLAPSE_IDS else "")):
-        probe_rows, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names),
-                                             metrics, correct_store)
-        rows_out += probe_rows
+    if getattr(source, "labelled", True):
+        with stages("probes_s", "ridge probes" + (" and neural collapse" if metrics & COLLAPSE_IDS else "")):
+            probe_rows, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names),
+                                                 metrics, correct_store)
+            rows_out += probe_rows
+    else:
+        probe_info = {"kind": "not applicable: the data has no labels"}
     if "probe_acc_logistic" in metrics:
         with stages("logistic_s", "logistic probes"):
             rows_out += _logistic_rows(name, tm, cache, labels, splits, usable, probe_info, cfg.seed)
@@ -376,16 +511,19 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
     warn += post_warnings + probe_info.pop("warnings", [])
     if skipped:
         warn.append(f"{len(skipped)} unreadable images were skipped (listed under data.skipped)")
-    not_applicable = []
+    not_applicable = sorted(unlabelled)
+    if unlabelled:
+        warn.append(f"the data has no labels: {', '.join(sorted(unlabelled))} are not applicable (no rows)")
     if not tm.has_cls:
-        not_applicable = sorted(m for m in metrics if METRICS[m].requires_cls)
-        warn.append(f"the model has no [CLS] token: {', '.join(not_applicable) or 'no selected metric'} and the "
+        no_cls = sorted(m for m in metrics if METRICS[m].requires_cls)
+        not_applicable += no_cls
+        warn.append(f"the model has no [CLS] token: {', '.join(no_cls) or 'no selected metric'} and the "
                     "cls token set are not applicable (no rows)")
     counts = {s: int(((splits == i) & loaded).sum()) for i, s in enumerate(SPLITS)}
     run = {
         "vitdepth_version": __version__,
         "command": "analyze",
-        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"} | cfg.extra,
+        "config": _config_record(cfg),
         "model": {"name": name, **tm.identity, "layers": layers, "embed_dim": dim,
                   "preprocess": tm.preprocess.to_dict(), "dtype": str(tm.dtype), "device": str(device),
                   "block_layout": sorted(set(tm.sites.layouts)),
