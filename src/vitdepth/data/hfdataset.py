@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from .._errors import VitdepthError
-from .sources import DataSource, ImageLoadError, image_from_value, split_spec_options
+from .sources import DataSource, ImageLoadError, hash_labels, image_from_value, split_spec_options
 from .tabular import LABEL_COLUMN_NAMES, labels_from_values
 
 __all__ = [
@@ -281,10 +281,7 @@ class HFDatasetSource(DataSource):
                 h.update(f"{os.path.basename(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
             except OSError:
                 h.update(f"{os.path.basename(path)}\tmissing\n".encode())
-        h.update("\n".join(self.class_names).encode() + b"\0")
-        h.update(self.labels.tobytes())
-        if self._rows is not None:
-            h.update(self._rows.tobytes())
+        hash_labels(h, self.class_names, self.labels, self._rows)
         return h.hexdigest()
 
     def identity(self) -> dict[str, Any]:  # noqa: D102 - documented on DataSource

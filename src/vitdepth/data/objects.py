@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from .._errors import VitdepthError
-from .sources import DataSource, ImageLoadError, image_from_value, summarise_skips
+from .sources import DataSource, ImageLoadError, hash_labels, image_from_value, summarise_skips
 from .tabular import labels_from_values
 
 __all__ = ["TorchDatasetSource", "source_from_object"]
@@ -236,10 +236,7 @@ class TorchDatasetSource(DataSource):
         digest, _ = self._items_hash()
         h = hashlib.sha256()
         h.update(f"{_qualname(self.dataset)}\t{len(self)}\t{digest}\n".encode())
-        h.update("\n".join(self.class_names).encode() + b"\0")
-        h.update(self.labels.tobytes())
-        if self._rows is not None:
-            h.update(self._rows.tobytes())
+        hash_labels(h, self.class_names, self.labels, self._rows)
         return h.hexdigest()
 
     def identity(self) -> dict[str, Any]:  # noqa: D102 - documented on DataSource

@@ -348,6 +348,14 @@ class SyntheticSource(DataSource):
         return out
 
 
+def hash_labels(h, class_names, labels: np.ndarray, rows: np.ndarray | None = None) -> None:
+    """Feed class names, labels and (where a source keeps only some rows) the row indices into a content hash."""
+    h.update("\n".join(class_names).encode() + b"\0")
+    h.update(labels.tobytes())
+    if rows is not None:
+        h.update(rows.tobytes())
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
@@ -940,22 +948,7 @@ class FolderSource(FileListSource):
 
 def _parse_synthetic(spec: str, options: str | None, seed: int) -> SyntheticSource:
     params = dict(_SYNTHETIC_DEFAULTS)
-    valid = ", ".join(_SYNTHETIC_DEFAULTS)
-    seen: set[str] = set()
-    for part in (options or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        key, sep, value = (s.strip() for s in part.partition("="))
-        if not sep:
-            raise VitdepthError(f"synthetic option '{part}' in '{spec}' is not key=value; use e.g. synthetic:n=500")
-        if key not in params:
-            close = difflib.get_close_matches(key, list(params), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise VitdepthError(f"unknown synthetic option '{key}' in '{spec}'{hint}; valid keys: {valid}")
-        if key in seen:
-            raise VitdepthError(f"synthetic option '{key}' is given twice in '{spec}'; keep one")
-        seen.add(key)
+    for key, value in parse_spec_options(spec, options or "", "synthetic", tuple(_SYNTHETIC_DEFAULTS)).items():
         try:
             number = int(value)
         except ValueError:
@@ -1020,6 +1013,13 @@ def split_spec_options(spec: str, body: str | None, kind: str, keys: tuple[str, 
     valid = ", ".join(keys)
     if not target:
         raise VitdepthError(f"'{spec}' names no data; use {kind}:TARGET[:key=value,...] (keys: {valid})")
+    return target, parse_spec_options(spec, tail, kind, keys)
+
+
+def parse_spec_options(spec: str, tail: str, kind: str, keys) -> dict[str, str]:
+    """Parse ``key=value,...`` options of a spec: unknown keys (with a close match), repeats and empty values are
+    one-line errors naming the spec."""
+    valid = ", ".join(keys)
     options: dict[str, str] = {}
     for part in tail.split(","):
         part = part.strip()
@@ -1037,7 +1037,7 @@ def split_spec_options(spec: str, body: str | None, kind: str, keys: tuple[str, 
         if not value:
             raise VitdepthError(f"{kind} option '{key}' in '{spec}' is empty; give a value ({key}=...) or drop it")
         options[key] = value
-    return target, options
+    return options
 
 
 def _parse_hf_dataset(spec: str, options: str | None, seed: int) -> DataSource:
