@@ -38,7 +38,9 @@ make CCC partly measure ``cls_self``).
   image is like that; softmax attention never is).
 
 Precision and cost: bf16/fp16 inputs are upcast to float32, float64 stays float64; per-row sums
-run in that dtype and everything from the per-row values on runs in float64 (float32 on MPS).
+run in that dtype and everything from the per-row values on runs in the reduction dtype of
+:func:`vitdepth.metrics.functional.reduction_dtype` (float64 by default, float32 on MPS; the
+streaming pass uses float32 on CUDA).
 This runs in the model's forward on every block, so it is vectorised: at most two B x H x P x T
 temporaries (the entropies of the rows and of their mixtures with the mean row, one log pass
 each), and the distance is one batched mat-vec against a (P, P) distance matrix that is built
@@ -131,7 +133,8 @@ def attention_graph(attn: Tensor, num_prefix: int, grid: tuple[int, int], has_cl
             for ``isi_attention``; saves one log pass over the patch rows.
 
     Returns:
-        Dict of float64 tensors of shape (B,) on the input's device: ``"cls_centrality"`` and
+        Dict of tensors of shape (B,) in the reduction dtype (float64 by default, see
+        :func:`vitdepth.metrics.functional.reduction_dtype`) on the input's device: ``"cls_centrality"`` and
         ``"cls_self"`` (only when ``has_cls``), ``"attn_consensus"`` in [0, 1] and
         ``"attn_distance"`` in patch units.
     """

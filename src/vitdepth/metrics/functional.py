@@ -28,13 +28,20 @@ Metrics, for one image with patch tokens ``z_1..z_P`` (d-dim) and prefix token `
 
 Precision: bf16/fp16 inputs are upcast to float32 before any normalisation or sum (their 8-
 and 11-bit mantissas would lose most digits over hundreds of tokens); float64 inputs stay
-float64. The final per-image reductions are done in float64 and every function returns
-float64 on the input's device (float32 on MPS, which has no float64).
+float64. The final per-image reductions run in the *reduction dtype* and every function returns
+that dtype on the input's device. By default it is float64 (float32 on MPS, which has no
+float64); :func:`reduction_dtype` sets it for a block of code, e.g. float32 on CUDA, where
+float64 arithmetic is slow on most GPUs. The float32 reductions agree with the float64 ones to
+better than 1e-5 relative on every per-image metric (``tests/test_precision.py``; figures in
+docs/metrics.md, "Precision"). :mod:`vitdepth.metrics.attention_graph` follows the same policy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -46,6 +53,7 @@ __all__ = [
     "attention_row_entropy",
     "cls_patch_similarity",
     "isi_attention",
+    "reduction_dtype",
     "softmax_and_entropy_",
     "token_similarity",
     "token_similarity_centered",
@@ -84,9 +92,72 @@ def _compute_dtype(*xs: Tensor) -> torch.dtype:
     return dtype
 
 
+# The reduction dtype of the current context; None = the default (float64, float32 on MPS). A ContextVar
+# rather than a module global, so concurrent runs in other threads or asyncio tasks keep their own setting.
+_REDUCTION_DTYPE: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar(
+    "vitdepth_reduction_dtype", default=None
+)
+
+
+def reduction_dtype(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
+    """Context manager setting the dtype of the per-image reductions of every metric in this package.
+
+    Inside ``with reduction_dtype(dtype):`` every per-image value of :mod:`vitdepth.metrics.functional`
+    and :mod:`vitdepth.metrics.attention_graph` is reduced in, and returned as, ``dtype``: the squared
+    norms of the summed unit vectors, ``1 - cos`` and its mean over tokens, the means of row entropies
+    and their normalisation, the Jensen-Shannon terms of the consensus, the distance ratios and every
+    mean over heads, queries or tokens. The big-tensor work (normalisation, sums over tokens, softmax,
+    entropies of the rows, mat-vecs) always runs in the compute dtype (float32, or float64 for float64
+    inputs), whatever the setting. ``None`` restores the default:
+    float64, except on MPS (no float64), where it is float32. Contexts nest; the setting is per thread
+    and per asyncio task (a ``contextvars.ContextVar``), so set it in the thread that calls the metrics.
+
+    The streaming pass reduces in float32 on CUDA, where float64 runs at a small fraction of the
+    float32 rate on most GPUs; the values agree with the float64 reductions to better than 1e-5
+    relative (``tests/test_precision.py``; docs/metrics.md, "Precision").
+
+    Args:
+        dtype: ``torch.float32``, ``torch.float64`` or None (the default).
+
+    Returns:
+        A context manager; the setting applies from ``__enter__`` to ``__exit__``.
+
+    Example:
+        >>> import torch
+        >>> z = torch.randn(2, 16, 8)
+        >>> token_similarity(z).dtype
+        torch.float64
+        >>> with reduction_dtype(torch.float32):
+        ...     token_similarity(z).dtype
+        torch.float32
+    """
+    if dtype is not None and dtype is not torch.float32 and dtype is not torch.float64:
+        raise _MetricInputError(
+            "The 'dtype' parameter of reduction_dtype must be torch.float32, torch.float64 or None. "
+            f"Got {dtype!r} instead."
+        )
+    return _reduction_dtype_context(dtype)
+
+
+@contextlib.contextmanager
+def _reduction_dtype_context(dtype: torch.dtype | None) -> Iterator[None]:
+    token = _REDUCTION_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _REDUCTION_DTYPE.reset(token)
+
+
 def _acc_dtype(device: torch.device) -> torch.dtype:
-    # MPS has no float64; there the final reductions stay in float32.
-    return torch.float32 if device.type == "mps" else torch.float64
+    """The dtype of the per-image reductions on ``device`` under the current :func:`reduction_dtype`."""
+    dtype = _REDUCTION_DTYPE.get()
+    if device.type == "mps":
+        if dtype is torch.float64:
+            raise _MetricInputError(
+                "reduction_dtype(torch.float64) cannot run on MPS, which has no float64; use torch.float32 or None."
+            )
+        return torch.float32
+    return torch.float64 if dtype is None else dtype
 
 
 def _inv_norm(z: Tensor, tol: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
@@ -120,6 +191,48 @@ def _mean_pairwise_cos(z: Tensor, inv: Tensor, valid: Tensor) -> Tensor:
     return (sq - valid.sum(dim=1).to(acc)) / (p * (p - 1))
 
 
+def _one_minus_cos(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
+    """``1 - cos(a_t, b_t)`` over the last dim, (B, T, d) -> (B, T) in ``acc``, accurate however close a_t and b_t are.
+
+    ``1 - cos`` taken as written keeps no digit when the vectors nearly coincide: a float32 cosine is
+    off by ~1e-7, while ``1 - cos`` of a token that the attention sub-layer barely turned is 1e-5 to
+    1e-9 (smaller still under the large shared offset of a trained residual stream), and two devices
+    that sum in different orders would disagree on it entirely. With ``w = b - a`` (the difference of
+    two exact inputs, so correct to one rounding of itself) Lagrange's identity
+    ``|a|^2 |b|^2 - (a.b)^2 = |a|^2 |w_perp|^2``, ``w_perp = w - (a.w / |a|^2) a``, gives::
+
+        1 - cos = |a| |w_perp|^2 / (|b| (|a| |b| + a.b))
+
+    with no difference of nearly equal numbers where ``cos > 1/2``. Where ``cos <= 1/2``,
+    ``1 - cos >= 1/2`` as written loses nothing (and the form above would, were ``|b| << |a|``). The
+    residual stream is the case the form is for: ``b = a + update`` with a small update, however large
+    ``a``'s offset. Per-token dot products run in the inputs' dtype, the formula in ``acc``. A zero
+    vector has cosine 0 (``1 - cos = 1``); NaN propagates. Memory: one (B, T, d) temporary (two under
+    autograd).
+    """
+    # Seven passes over (B, T, d) against the naive form's three: ~2x its time, small next to the softmax
+    # (ViT-S/16, batch 32, CPU: 3.2 ms against 1.4 ms a block). einsum lowers to a batched matmul, so the
+    # dot products need no (B, T, d) product temporary.
+    w = b - a
+    na = torch.linalg.vector_norm(a, dim=-1)
+    aa = na * na
+    aw = torch.einsum("btd,btd->bt", a, w)
+    coef = aw / torch.where(aa > 0, aa, torch.ones_like(aa))
+    # In place unless autograd saved w (for the a.w product above): one (B, T, d) temporary, not two.
+    w_perp = (torch.addcmul if w.requires_grad else torch.Tensor.addcmul_)(w, a, coef.unsqueeze(-1), value=-1.0)
+    perp2 = torch.einsum("btd,btd->bt", w_perp, w_perp).to(acc)
+    na = na.to(acc)
+    nb = torch.linalg.vector_norm(b, dim=-1).to(acc)
+    # Taken directly, not as |a|^2 + a.w, which loses digits when |b| << |a|.
+    ab = torch.einsum("btd,btd->bt", a, b).to(acc)
+    nanb = na * nb
+    valid = nanb > 0
+    cos = ab / torch.where(valid, nanb, torch.full_like(nanb, math.inf))  # 0 for a zero vector, NaN for NaN
+    close = valid & (cos > 0.5)
+    stable = na * perp2 / torch.where(close, nb * (nanb + ab), torch.ones_like(nanb))
+    return torch.where(close, stable, 1.0 - cos)
+
+
 def token_similarity(patches: Tensor) -> Tensor:
     """Mean pairwise cosine similarity of the patch tokens of each image.
 
@@ -135,7 +248,8 @@ def token_similarity(patches: Tensor) -> Tensor:
         patches: Patch tokens, shape (B, P, d), any floating dtype and device.
 
     Returns:
-        Float64 tensor of shape (B,) on the input's device, values in [-1/(P-1), 1].
+        Tensor in the reduction dtype (float64 by default, see :func:`reduction_dtype`) of shape (B,) on
+        the input's device, values in [-1/(P-1), 1].
     """
     _check_tensor("patches", patches, 3, "(B, P, d)")
     z = patches.to(_compute_dtype(patches))
@@ -160,7 +274,8 @@ def token_similarity_centered(patches: Tensor) -> Tensor:
         patches: Patch tokens, shape (B, P, d), any floating dtype and device.
 
     Returns:
-        Float64 tensor of shape (B,) on the input's device; NaN when ``P == 1``.
+        Tensor in the reduction dtype (float64 by default, see :func:`reduction_dtype`) of shape (B,) on
+        the input's device; NaN when ``P == 1``.
     """
     _check_tensor("patches", patches, 3, "(B, P, d)")
     dtype = _compute_dtype(patches)
@@ -186,7 +301,8 @@ def cls_patch_similarity(cls: Tensor, patches: Tensor) -> Tensor:
         patches: Patch tokens, shape (B, P, d).
 
     Returns:
-        Float64 tensor of shape (B,) on the input's device, values in [-1, 1].
+        Tensor in the reduction dtype (float64 by default, see :func:`reduction_dtype`) of shape (B,) on
+        the input's device, values in [-1, 1].
     """
     _check_tensor("cls", cls, 2, "(B, d)")
     _check_tensor("patches", patches, 3, "(B, P, d)")
@@ -276,7 +392,8 @@ def attention_entropy(attn: Tensor, row_entropy: Tensor | None = None) -> Tensor
         row_entropy: :func:`attention_row_entropy` of ``attn`` when already computed (saves the log pass).
 
     Returns:
-        Float64 tensor of shape (B, T) on the input's device, values in [0, 1].
+        Tensor in the reduction dtype (float64 by default, see :func:`reduction_dtype`) of shape (B, T) on
+        the input's device, values in [0, 1].
     """
     _check_tensor("attn", attn, 4, "(B, H, T, S)")
     acc = _acc_dtype(attn.device)
@@ -300,8 +417,11 @@ def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor, row_entropy: Tensor
         attn_delta   = (1/T) sum_i s_i
         attn_entropy = (1/T) sum_i e_i
 
-    A zero-norm token has cosine 0 (so ``s_i = 1``). ``s_i`` is clamped to [0, 2] because
-    rounding can push the cosine a few ulps past +-1.
+    ``s_i`` is computed from ``x_mid_i - x_in_i``, not as 1 minus a rounded cosine, so it keeps its
+    relative precision however little the attention changed the token (1e-9 and below under the
+    large shared offset of a trained residual stream; see ``_one_minus_cos``). A zero-norm token has
+    cosine 0 (so ``s_i = 1``). ``s_i`` is clamped to [0, 2] because rounding can push the cosine a
+    few ulps past +-1.
 
     Args:
         x_in: Block input (residual stream before attention), shape (B, T, d).
@@ -310,8 +430,8 @@ def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor, row_entropy: Tensor
         row_entropy: :func:`attention_row_entropy` of ``attn`` when already computed.
 
     Returns:
-        Dict with float64 tensors of shape (B,) under ``"isi_attn"``, ``"attn_delta"`` and
-        ``"attn_entropy"``.
+        Dict with tensors of shape (B,) in the reduction dtype (float64 by default, see
+        :func:`reduction_dtype`) under ``"isi_attn"``, ``"attn_delta"`` and ``"attn_entropy"``.
     """
     _check_tensor("x_in", x_in, 3, "(B, T, d)")
     _check_tensor("x_mid", x_mid, 3, "(B, T, d)")
@@ -327,13 +447,7 @@ def isi_attention(x_in: Tensor, x_mid: Tensor, attn: Tensor, row_entropy: Tensor
         )
     dtype = _compute_dtype(x_in, x_mid)
     acc = _acc_dtype(x_in.device)
-    a = x_in.to(dtype)
-    b = x_mid.to(dtype)
-    # einsum lowers to a batched matmul, so the dot products need no (B, T, d) product temporary.
-    dot = torch.einsum("btd,btd->bt", a, b)
-    denom = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
-    cos = dot / torch.where(denom > 0, denom, torch.full_like(denom, math.inf))
-    s = (1.0 - cos.to(acc)).clamp_(0.0, 2.0)
+    s = _one_minus_cos(x_in.to(dtype), x_mid.to(dtype), acc).clamp_(0.0, 2.0)
     e = attention_entropy(attn, row_entropy)
     return {
         "isi_attn": (s * e).mean(dim=-1),
