@@ -41,3 +41,16 @@ def hf_dirs(tmp_path_factory):
         model.save_pretrained(d)
         dirs[name] = d
     return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_file_model(tmp_path_factory):
+    """A tiny timm ViT saved as a vitdepth checkpoint directory (``file:DIR``), 10 classes, 32 px."""
+    from vitdepth.data import PreprocessConfig
+    from vitdepth.models.checkpoint import save_checkpoint
+
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    model = tiny_timm_vit(num_classes=10)
+    save_checkpoint(model, d, {"arch": "timm.VisionTransformer", "model_args": {**TINY_TIMM, "num_classes": 10},
+                               "preprocess": PreprocessConfig(input_size=(32, 32)).to_dict()})
+    return d

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -39,19 +38,6 @@ def runs(tmp_path_factory, tiny_file_model):
         proc = _cli("analyze", f"file:{tiny_file_model}", *FAST, "--out", str(root / name))
         assert proc.returncode == 0, proc.stderr
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_file_model(tmp_path_factory):
-    from conftest import TINY_TIMM, tiny_timm_vit
-    from vitdepth.data import PreprocessConfig
-    from vitdepth.models.checkpoint import save_checkpoint
-
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    model = tiny_timm_vit(num_classes=10)
-    save_checkpoint(model, d, {"arch": "timm.VisionTransformer", "model_args": {**TINY_TIMM, "num_classes": 10},
-                               "preprocess": PreprocessConfig(input_size=(32, 32)).to_dict()})
-    return d
 
 
 def test_compare_overwrite_in_a_folder_with_the_inputs_keeps_everything(runs, tmp_path):
@@ -193,23 +179,6 @@ def test_disk_full_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(_shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(100, 99, 1))
     with pytest.raises(VitdepthError, match="not enough disk space"):
         check_writable(tmp_path / "out", need_bytes=10 << 20)
-
-
-def test_sigterm_mid_pass_cleans_up_and_says_so(tiny_file_model, tmp_path):
-    """Item 17: SIGTERM is handled like Ctrl-C: a message, exit 143, no partial directory left."""
-    out = tmp_path / "t"
-    proc = subprocess.Popen([*VITDEPTH, "analyze", f"file:{tiny_file_model}", "--data", "synthetic:n=4000,size=32",
-                             "--metrics", "all", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".t.partial-*")):
-        time.sleep(0.2)
-    assert list(tmp_path.glob(".t.partial-*")), "the run never started writing"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "terminated" in err and "Traceback" not in err
-    assert not out.exists() and not list(tmp_path.glob(".t.*"))
 
 
 @pytest.mark.parametrize("args, needle", [

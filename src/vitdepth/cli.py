@@ -8,7 +8,7 @@ import sys
 import threading
 
 from . import __version__
-from ._errors import VitdepthError
+from ._errors import Interrupted, Terminated, VitdepthError
 
 
 def _int_in(name: str, low: int, high: int | None = None):
@@ -27,15 +27,26 @@ def _int_in(name: str, low: int, high: int | None = None):
     return parse
 
 
+def _float_at_least(name: str, low: float):
+    """An argparse type: a number >= low, with a one-line error naming the flag."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {low:g}, got {text}")
+        return value
+
+    return parse
+
+
 SEED = _int_in("--seed", 0, 2**32 - 1)
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so cleanup (partial directories, locks) runs as for Ctrl-C."""
-
-
 def _on_sigterm(_signum, _frame) -> None:
-    raise _Terminated
+    raise Terminated
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -70,6 +81,13 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--num-workers", type=_int_in("--num-workers", 0), default=None,
                    help="DataLoader workers decoding images (default: CPU count - 1, at most 8, for file-backed data; "
                         "0 for digits / synthetic)")
+    a.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast the model's forward in this dtype (the taps are read as float32; default fp32)")
+    a.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoint (same options as the interrupted command)")
+    a.add_argument("--checkpoint-every", type=_float_at_least("--checkpoint-every", 0.0), default=300.0,
+                   metavar="SECONDS", help="save the pass every SECONDS of work, so an interrupted run can resume "
+                   "(default 300; 0: after every batch)")
     a.add_argument("--no-self-check", action="store_true",
                    help="skip comparing the taps with the model's own attention and hidden states on the first "
                         "images (on by default: attention that does not match is not reported)")
@@ -124,7 +142,8 @@ def _cmd_analyze(args) -> int:
                         random_init=args.random_init, quiet=args.quiet, overwrite=args.overwrite,
                         strict=args.strict, name=args.name, metrics=args.metrics, probe=args.probe,
                         self_check=not args.no_self_check, image_size=args.image_size, num_workers=args.num_workers,
-                        preprocess=tuple(args.preprocess or ()))
+                        preprocess=tuple(args.preprocess or ()), dtype=args.dtype, resume=args.resume,
+                        checkpoint_every=args.checkpoint_every, command_line=("vitdepth", *args.argv))
     out = analyze(cfg)
     if not args.quiet:
         print(summarize(out))
@@ -142,7 +161,7 @@ def _cmd_train(args) -> int:
                       num_workers=args.num_workers)
     try:
         results = train(cfg)
-    except (KeyboardInterrupt, _Terminated) as e:
+    except (KeyboardInterrupt, Terminated) as e:
         what = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated (SIGTERM)"
         print(f"vitdepth: {what}; the last completed epoch is kept: continue with: vitdepth train ... --out "
               f"{args.out} --resume", file=sys.stderr)
@@ -203,19 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     traceback.
     """
     args = _build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the resume command an interrupted run prints
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"analyze": _cmd_analyze, "train": _cmd_train, "compare": _cmd_compare, "demo": _cmd_demo,
                 "models": _cmd_models}[args.command](args)
+    except Interrupted as e:  # stopped on request, with a checkpoint: the message is the resume line
+        print(f"vitdepth: {e}", file=sys.stderr)
+        return e.exit_code
     except VitdepthError as e:
         print(f"vitdepth: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("vitdepth: interrupted; nothing was written (partial output removed)", file=sys.stderr)
         return 130
-    except _Terminated:
+    except Terminated:
         print("vitdepth: terminated (SIGTERM); nothing was written (partial output removed)", file=sys.stderr)
         return 143
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request

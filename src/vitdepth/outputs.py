@@ -11,9 +11,10 @@ Every directory vitdepth writes (a run, a comparison, a demo, a training family)
 - **a marker**: a complete output carries :data:`MARKER` (``.vitdepth-output.json``: kind, version, the
   list of files vitdepth wrote). ``--overwrite`` replaces only a directory whose marker is complete and
   of the same kind, and refuses when it holds files vitdepth did not write (a user's ``notes.md``);
-- **an atomic swap**: the new output is built in ``.NAME.partial-PID``; on commit it is exchanged with the
-  old one in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so the output path always holds a complete
-  output, and the old one is removed last. Where the exchange is not available the old output is moved
+- **an atomic swap**: the new output is built in ``.NAME.partial-PID`` (a resumable output, a run, in
+  ``.NAME.partial``, where an interrupted run keeps its checkpoint until ``--resume``); on commit it is
+  exchanged with the old one in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so the output path always
+  holds a complete output, and the old one is removed last. Where the exchange is not available the old output is moved
   aside to ``.NAME.old-PID``, the new one renamed in, and the old one removed last. A process killed in
   between leaves stale directories; the next command on the same output removes them (or moves an old
   output back whose new one never arrived).
@@ -49,6 +50,26 @@ LEGACY_NAMES = {
 }
 #: Environment variable naming a step of :meth:`OutputDir.commit` at which to kill the process (tests only).
 FAULT_ENV = "VITDEPTH_FAULT_INJECT"
+#: Folder of a resumable output's partial directory that holds the checkpoint of its work so far.
+CHECKPOINT_DIR = "checkpoint"
+#: Partial directories this process is writing (their own incomplete results may be read back meanwhile).
+_WRITING: set[Path] = set()
+
+
+def is_own_partial(path: Path) -> bool:
+    """Whether ``path`` is a partial directory this process is writing right now."""
+    return Path(os.path.abspath(path)) in _WRITING
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where a resumable output (a run) is built, and kept with its checkpoint when interrupted."""
+    out = Path(os.path.abspath(out))
+    return out.parent / f".{out.name}.partial"
+
+
+def has_checkpoint(partial: Path) -> bool:
+    """Whether a partial directory holds a checkpoint to resume from (rank 0's)."""
+    return (partial / CHECKPOINT_DIR / "rank-0.npz").is_file()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -241,14 +262,18 @@ class OutputDir:
     Args:
         out: the output directory.
         kind: one of :data:`KINDS`.
-        overwrite: replace an existing complete output of the same kind.
+        overwrite: replace an existing complete output of the same kind (and discard an interrupted one's
+            checkpoint).
         inputs: paths the command reads (an input is never replaced, nor an ancestor of one).
         need_bytes: room the command needs (checked against the free space).
         flag: the option that names the output, for messages.
+        resumable: build in ``.NAME.partial`` (:func:`partial_dir`) and keep it when the work stops with a
+            checkpoint in it (:attr:`keep_checkpoint`), so a later command can continue it.
+        resume: continue the interrupted work in the partial directory (which must hold a checkpoint).
     """
 
     def __init__(self, out: str | os.PathLike, kind: str, overwrite: bool = False, inputs=(),
-                 need_bytes: int = 0, flag: str = "--out") -> None:
+                 need_bytes: int = 0, flag: str = "--out", resumable: bool = False, resume: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.given = Path(out)
@@ -257,7 +282,11 @@ class OutputDir:
         self.need_bytes = need_bytes
         self.out = Path(os.path.abspath(self.given))
         self.lock = OutputLock(self.out, flag)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        self.resumable, self.resume = resumable or resume, resume
+        self.tmp = (partial_dir(self.out) if self.resumable
+                    else self.out.parent / f".{self.out.name}.partial-{os.getpid()}")
+        #: set by the command when it stops in a way a resume can continue (interrupted, crashed, disk full)
+        self.keep_checkpoint = False
         self._committed = False
 
     # -- checks -----------------------------------------------------------------------------------------------
@@ -284,7 +313,20 @@ class OutputDir:
                 raise VitdepthError(f"{flag} {self.given} already exists; pass --overwrite to replace it or choose "
                                     f"another {flag}")
             self._check_replaceable()
+        if self.resumable:
+            self._check_resume()
         check_writable(out, self.need_bytes, flag)
+
+    def _check_resume(self) -> None:
+        """--resume needs a checkpoint; a new run does not silently discard one."""
+        waiting = has_checkpoint(self.tmp)
+        if self.resume and not waiting:
+            raise VitdepthError(f"--resume: there is no interrupted {self.kind} to resume at {self.given} (no "
+                                f"checkpoint in {self.tmp}); drop --resume to start it")
+        if waiting and not self.resume and not self.overwrite:
+            about = _checkpoint_progress(self.tmp)
+            raise VitdepthError(f"{self.flag} {self.given} has an interrupted {self.kind} waiting to be resumed"
+                                f"{about}; pass --resume to continue it, or --overwrite to discard it and start over")
 
     def _check_replaceable(self) -> None:
         marker = read_marker(self.out)
@@ -328,11 +370,17 @@ class OutputDir:
         try:
             self._recover()
             self.check()  # again under the lock: another command may have finished meanwhile
-            self.tmp.mkdir(parents=True)
+            # the resumable partial directory: nobody else holds the lock, so it is ours to keep (--resume) or to
+            # remove (stale, or a checkpoint that --overwrite discards; check() refused the other cases)
+            if self.resumable and self.tmp.exists() and not (self.resume and has_checkpoint(self.tmp)):
+                shutil.rmtree(self.tmp)
+            if not self.tmp.exists():
+                self.tmp.mkdir(parents=True)
             (self.tmp / MARKER).write_text(json.dumps(self._marker(complete=False)))
         except BaseException:
             self.lock.__exit__(None, None, None)
             raise
+        _WRITING.add(self.tmp)
         return self
 
     def _marker(self, complete: bool) -> dict:
@@ -341,6 +389,7 @@ class OutputDir:
 
     def commit(self) -> Path:
         """Mark the partial directory complete and swap it in atomically; returns the output path."""
+        shutil.rmtree(self.tmp / CHECKPOINT_DIR, ignore_errors=True)  # the work is done: nothing left to resume
         (self.tmp / MARKER).write_text(json.dumps(self._marker(complete=True)))
         if not self.out.exists():
             os.rename(self.tmp, self.out)
@@ -362,11 +411,39 @@ class OutputDir:
         return self.given
 
     def __exit__(self, *exc) -> None:
+        _WRITING.discard(self.tmp)
         try:
-            if not self._committed:
+            if not self._committed and not (self.keep_checkpoint and has_checkpoint(self.tmp)):
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
             self.lock.__exit__(None, None, None)
+
+
+def _checkpoint_progress(partial: Path) -> str:
+    """`` (640/2000 images done, saved 2026-12-02 09:10:00)`` from a checkpoint's note, or ``""``."""
+    try:
+        about = json.loads((partial / CHECKPOINT_DIR / "rank-0.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if about.get("pass_complete"):
+        return f" (the pass is done, saved {about.get('saved')})"
+    if "done" in about and "total" in about:
+        share = " of rank 0's share" if about.get("world_size", 1) > 1 else ""
+        return f" ({about['done']}/{about['total']} images{share} done, saved {about.get('saved')})"
+    return ""
+
+
+def interrupted_run_message(out: Path) -> str | None:
+    """For a run path that does not exist but has an interrupted run waiting: what to say instead, else None."""
+    partial = partial_dir(out)
+    if not has_checkpoint(partial):
+        return None
+    try:
+        command = json.loads((partial / CHECKPOINT_DIR / "rank-0.json").read_text()).get("resume_command")
+    except (OSError, ValueError):
+        command = None
+    how = f"resume it with: {command}" if command else "resume it with the same command and --resume"
+    return f"{out} is an interrupted vitdepth run{_checkpoint_progress(partial)}, not a finished one; {how}"
 
 
 def _exchange(a: Path, b: Path) -> bool:

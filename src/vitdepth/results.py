@@ -13,12 +13,11 @@ import hashlib
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import VitdepthError
-from .outputs import MARKER
+from .outputs import CHECKPOINT_DIR, MARKER, interrupted_run_message, is_own_partial
 
 ROW_FIELDS = ("model", "layer", "depth", "metric", "token_set", "value", "ci_low", "ci_high", "n")
 
@@ -215,11 +214,16 @@ def load_run(run_dir: str | Path) -> RunResults:
             does not have; one line naming the file and the fix.
     """
     path = Path(run_dir)
+    if not path.exists() and (waiting := interrupted_run_message(path)):
+        raise VitdepthError(waiting)
+    marker = path / MARKER
+    own = is_own_partial(path)  # the analysis reads its own run before it commits it
+    if not own and (path / CHECKPOINT_DIR).is_dir():
+        raise VitdepthError(f"{path} is an interrupted vitdepth run (a checkpoint, not results); resume it with the "
+                            "command that started it and --resume")
     if not (path / "run.json").is_file() or not (path / "layers.csv").is_file():
         raise VitdepthError(f"{path} is not a vitdepth run directory (needs run.json and layers.csv); "
                             "create one with vitdepth analyze")
-    marker = path / MARKER
-    own = path.name.endswith(f".partial-{os.getpid()}")  # the analysis reads its own run before it commits it
     if marker.is_file() and not own:  # a run still being written (or killed while it was) carries complete: false
         try:
             complete = json.loads(marker.read_text()).get("complete") is True

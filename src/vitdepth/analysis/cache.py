@@ -64,6 +64,25 @@ class FeatureCache:
         finally:
             os.close(fd)
 
+    def write_rows(self, token_set: str, layer_index: int, first_row: int, rows: np.ndarray) -> None:
+        """Write fp16 rows (B, d) of one layer at rows first_row … first_row + B − 1 (shards copied in)."""
+        rows = np.ascontiguousarray(rows, dtype=DTYPE)
+        if rows.ndim != 2 or rows.shape[1] != self.dim or first_row + len(rows) > self.n_items:
+            raise ValueError(f"cache rows of shape {rows.shape} at row {first_row} do not fit ({self.n_items}, "
+                             f"{self.dim})")
+        fd = os.open(self.path(token_set), os.O_WRONLY)
+        try:
+            os.pwrite(fd, rows.tobytes(), (layer_index * self.n_items + first_row) * self.row_bytes)
+        finally:
+            os.close(fd)
+
+    def read_rows(self, token_set: str, layer_index: int, start: int, stop: int) -> np.ndarray:
+        """The fp16 rows start … stop − 1 of one layer, as stored."""
+        with open(self.path(token_set), "rb") as f:
+            f.seek((layer_index * self.n_items + start) * self.row_bytes)
+            data = f.read((stop - start) * self.row_bytes)
+        return np.frombuffer(data, dtype=DTYPE).reshape(stop - start, self.dim)
+
     def read(self, token_set: str, layer_index: int, rows: np.ndarray, chunk: int = 4096) -> Iterator[np.ndarray]:
         """Yield float32 features of the given (sorted) rows at one layer, ``chunk`` rows at a time."""
         base = layer_index * self.n_items * self.row_bytes

@@ -10,7 +10,7 @@ import torch
 
 from ..metrics import functional as F
 from ..metrics.attention_graph import attention_graph
-from ..models.taps import LayerTaps
+from ..models.taps import CHUNK_ELEMENTS, LayerTaps
 
 SIMILARITY_IDS = ("token_sim", "token_sim_centered", "cls_patch_sim")
 ISI_ATTN_IDS = ("isi_attn", "attn_delta", "attn_entropy")
@@ -19,13 +19,16 @@ PER_IMAGE_IDS = SIMILARITY_IDS + ISI_ATTN_IDS + GRAPH_IDS
 ATTENTION_IDS = frozenset(ISI_ATTN_IDS + GRAPH_IDS)
 
 
-def per_image_values(t: LayerTaps, has_cls: bool, metrics: frozenset[str] | None = None) -> dict[str, torch.Tensor]:
+def per_image_values(t: LayerTaps, has_cls: bool, metrics: frozenset[str] | None = None,
+                     chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, torch.Tensor]:
     """Per-image (B,) values of the selected per-image metrics that apply to this layer.
 
     Args:
         t: one layer's taps.
         has_cls: whether prefix token 0 is a [CLS] token.
         metrics: metric ids to compute (None: every per-image metric).
+        chunk_elements: most attention scores (images x heads x tokens x keys) materialised at once; the
+            pass picks it per device (:func:`attention_chunk_elements`). Results do not depend on it.
     """
     want = frozenset(PER_IMAGE_IDS) if metrics is None else metrics
     patches = t.patches
@@ -41,9 +44,10 @@ def per_image_values(t: LayerTaps, has_cls: bool, metrics: frozenset[str] | None
     need_graph = any(m in want for m in GRAPH_IDS)
     if t.qk is not None and (need_isi or need_graph):
         # A few images at a time: each chunk's scores, probabilities and the metrics reading them stay in
-        # the CPU cache, and the softmax's own exp pass yields the row entropies (no log pass for them).
+        # the CPU cache (on a GPU: in the memory budget), and the softmax's own exp pass yields the row
+        # entropies (no log pass for them).
         parts: dict[str, list[torch.Tensor]] = {}
-        for rows in t.qk.row_chunks():
+        for rows in t.qk.row_chunks(chunk_elements):
             probs, entropy = F.softmax_and_entropy_(t.qk.scores(rows))
             chunk: dict[str, torch.Tensor] = {}
             if need_isi:
@@ -54,6 +58,27 @@ def per_image_values(t: LayerTaps, has_cls: bool, metrics: frozenset[str] | None
                 parts.setdefault(k, []).append(v)
         out.update({k: torch.cat(v) for k, v in parts.items()})
     return {k: v for k, v in out.items() if k in want}
+
+
+#: Bytes of device memory one attention score costs while a chunk is processed: the float32 scores (overwritten
+#: by the softmax), the probabilities and the largest temporary of the metrics reading them, with headroom.
+BYTES_PER_SCORE = 16
+#: Fraction of the free GPU memory (measured once, after the model is loaded) that attention chunks may use.
+CUDA_CHUNK_MEMORY_FRACTION = 0.25
+
+
+def attention_chunk_elements(device: torch.device) -> int:
+    """How many attention scores the pass materialises at once on ``device``.
+
+    CPU: :data:`~vitdepth.models.taps.CHUNK_ELEMENTS` (2 MiB of float32), so a chunk stays in the cache while the
+    softmax and the metrics read it. CUDA: a quarter of the free memory, so a chunk is usually the whole batch
+    (one kernel per operation instead of one per few images); :meth:`QueryKey.row_chunks` never goes below one
+    image.
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(CHUNK_ELEMENTS, int(free * CUDA_CHUNK_MEMORY_FRACTION) // BYTES_PER_SCORE)
+    return CHUNK_ELEMENTS
 
 
 def pooled_features(t: LayerTaps, has_cls: bool) -> dict[str, torch.Tensor]:

@@ -13,10 +13,15 @@ import errno
 import json
 import os
 import platform
+import shlex
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._errors import VitdepthError
+from .._errors import Interrupted, Terminated, VitdepthError
 from ..data import (
     SPLITS,
     apply_preprocess_overrides,
@@ -38,19 +43,31 @@ from ..data import (
     stratified_splits,
     stratified_subset,
 )
+from ..distributed import (
+    DistContext,
+    broadcast_object,
+    destroy,
+    gather_objects,
+    init_distributed,
+    recv_array,
+    reduce_sum_to_main,
+    send_array,
+)
 from ..metrics import METRICS, PerImageCurves
 from ..metrics.catalog import resolve_metrics
 from ..metrics.collapse import CollapseStats, collapse_compute, collapse_merge, collapse_update, nc4_disagreement
+from ..metrics.functional import reduction_dtype
 from ..metrics.isi_rec import ReconstructionISI
 from ..metrics.probes import fit_ridge_probe
 from ..metrics.stats import bootstrap_mean_ci, wilson_interval
 from ..models import TappedModel, create_model, tap_module
-from ..outputs import OutputDir, disk_full_error
+from ..outputs import FAULT_ENV, OutputDir, disk_full_error, has_checkpoint
 from ..phases import saturation_layer
 from ..results import layer_depth, layer_order, write_layers
 from ..summaries import build_phases
 from .cache import FeatureCache
-from .layer_metrics import ATTENTION_IDS, PER_IMAGE_IDS, per_image_values, pooled_features
+from .checkpoint import checkpoint_file, fingerprint_difference, load_checkpoint, save_checkpoint, shard_cache_dir
+from .layer_metrics import ATTENTION_IDS, PER_IMAGE_IDS, attention_chunk_elements, per_image_values, pooled_features
 from .progress import Progress, Stages
 
 ISI_REC_IDS = frozenset({"isi_rec", "r2_self", "r2_all"})
@@ -98,6 +115,10 @@ class AnalyzeConfig:
     image_size: int | None = None  # --image-size: run the model at this input size
     preprocess: tuple[str, ...] = ()  # --preprocess KEY=VALUE overrides of the model's preprocessing
     transform: Callable | None = None  # replaces the model's own preprocessing (objects passed in Python)
+    dtype: str = "fp32"  # --dtype: autocast of the model's forward (fp32, bf16, fp16); taps are read as float32
+    resume: bool = False  # --resume: continue an interrupted run from its checkpoint
+    checkpoint_every: float = 300.0  # --checkpoint-every: seconds of work between checkpoints of the pass
+    command_line: tuple[str, ...] = ()  # the CLI command that started the run (to print the resume command)
     extra: dict = field(default_factory=dict)
 
 
@@ -135,6 +156,10 @@ def _validate(cfg: AnalyzeConfig) -> None:
                             "analyze every image")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise VitdepthError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.dtype not in AUTOCAST_DTYPES:
+        raise VitdepthError(f"--dtype {cfg.dtype!r} is not known; use one of {', '.join(AUTOCAST_DTYPES)}")
+    if not isinstance(cfg.checkpoint_every, (int, float)) or not cfg.checkpoint_every >= 0:
+        raise VitdepthError(f"--checkpoint-every must be a number of seconds >= 0, got {cfg.checkpoint_every}")
     if cfg.image_size is not None and cfg.image_size < 1:
         raise VitdepthError(f"--image-size must be a positive number of pixels, got {cfg.image_size}")
 
@@ -235,16 +260,35 @@ def _versions() -> dict:
     return v
 
 
-def _resolve_device(device: str) -> torch.device:
+def _resolve_device(device: str, ctx: DistContext | None = None) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VitdepthError(f"--device {device} was asked for but CUDA is not available here; use --device cpu")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise VitdepthError(f"--device {device!r} is not understood; use cpu or cuda[:N]")
+    if device == "cuda" and ctx is not None and ctx.enabled:
+        return torch.device("cuda", ctx.local_rank)  # torchrun: one GPU per process
     return torch.device(device)
 
 
+#: ``--dtype``: the autocast dtype of the model's forward (None: the model's own float32 arithmetic).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _fault_int(name: str) -> int | None:
+    """Test hook: ``VITDEPTH_FAULT_INJECT=NAME:N`` (e.g. ``oom-above:8``) gives N, else None."""
+    spec = os.environ.get(FAULT_ENV, "")
+    key, _, value = spec.partition(":")
+    return int(value) if key == name and value.isdigit() else None
+
+
 class _Pass:
-    """State of the streaming pass: per-image curves, ISI sufficient statistics, the feature cache, NaN/Inf flags.
+    """State of the streaming pass over one shard of the images (all of them in a single process).
+
+    Per-image curves, ISI sufficient statistics, the feature cache, NaN/Inf flags, which images loaded, the
+    skipped ones, and the cursor (``done``: positions of the shard processed). A batch is computed in full
+    before any of this state changes (:meth:`batch`), so a batch that runs out of memory can be retried in
+    halves, and a checkpoint taken between batches is always consistent.
 
     Per-layer results stay on the model's device until the batch has run and then cross to the host in one
     copy per kind (flags, per-image values, pooled features), so a GPU pass does not wait on the host after
@@ -252,27 +296,52 @@ class _Pass:
     """
 
     def __init__(self, tm: TappedModel, n_items: int, cache: FeatureCache, metrics: frozenset[str],
-                 splits: np.ndarray, isi_rec: dict | None):
+                 splits: np.ndarray, isi_rec: dict | None, device: torch.device, autocast_dtype=None):
         self.tm = tm
         self.metrics = metrics
         self.curves = PerImageCurves([m for m in PER_IMAGE_IDS if m in metrics], n_items, len(tm.layer_names))
         self.cache = cache
-        self.splits = splits
+        self.splits = splits  # split code per shard position
         self.isi_rec = isi_rec  # layer -> ReconstructionISI, or None
         # per image and layer: activations and cached (fp16) pooled features are all finite
         self.finite = np.ones((n_items, len(tm.layer_names)), dtype=bool)
+        self.loaded = np.zeros(n_items, dtype=bool)
+        self.skipped: list[dict] = []
+        self.warnings: list[str] = []  # what the pass had to change (out-of-memory retries), for run.json
+        self.pass_complete = False  # restored from a checkpoint written after the last batch
+        self.done = 0  # shard positions processed (the data cursor)
+        self.micro_batch: int | None = None  # set when a batch ran out of memory: process batches in pieces
+        self.pass_s = 0.0  # wall time of the pass, over every session of a resumed run
         self.attention = bool(metrics & ATTENTION_IDS)
+        self.device = device
+        # GPU: attention chunks as large as a memory budget allows, per-image reductions in float32 (float64
+        # only for the running sums); CPU: cache-sized chunks and float64 reductions (design §7)
+        self.chunk_elements = attention_chunk_elements(device)
+        self.reduce_dtype = torch.float32 if device.type == "cuda" else None
+        self.autocast_dtype = autocast_dtype
         # the model's own forward time with the sink taken out (host clock; see TappedModel.run)
         self.forward_s = 0.0
         self.block_end_s = np.zeros(tm.depth)
+        self._oom_above = _fault_int("oom-above")
         self._rows: np.ndarray | None = None
-        self._pre: torch.Tensor | None = None
         self._targets: torch.Tensor | None = None
         self._bad: list[torch.Tensor] = []
         self._values: list[tuple[str, int, torch.Tensor]] = []
         self._feats: dict[str, list[torch.Tensor]] = {}
+        self._isi_inputs: list[tuple[str, torch.Tensor]] = []
+
+    def precision(self) -> ExitStack:
+        """The forward's autocast (``--dtype``) and the per-image reduction dtype of this device."""
+        stack = ExitStack()
+        if self.autocast_dtype is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
+        if self.reduce_dtype is not None:
+            stack.enter_context(reduction_dtype(self.reduce_dtype))
+        return stack
 
     def sink(self, t):
+        if self._oom_above is not None and t.layer == "1" and t.tokens.shape[0] > self._oom_above:
+            raise _OOM(f"injected: batch of {t.tokens.shape[0]} > {self._oom_above} ({FAULT_ENV})")
         # One reduction per image instead of an elementwise mask: a NaN or Inf anywhere makes the image's
         # float32 sum non-finite (a finite float32 sum of finite activations cannot overflow in practice).
         # A pooled feature beyond the fp16 range of the cache counts too: the probes could not use it.
@@ -282,36 +351,183 @@ class _Pass:
             self._feats.setdefault(ts, []).append(f16)
             checks.append(f16.sum(dim=1, dtype=torch.float32))
         self._bad.append(~torch.isfinite(torch.stack(checks).sum(dim=0)))
-        for metric, values in per_image_values(t, self.tm.has_cls, self.metrics).items():
+        for metric, values in per_image_values(t, self.tm.has_cls, self.metrics, self.chunk_elements).items():
             self._values.append((metric, t.position, values))
         if self.isi_rec is not None:
             if t.layer == "pre":
                 # every layer regresses onto the same projected pre-PE embeddings: project them once per batch
-                self._pre = t.tokens
                 self._targets = next(iter(self.isi_rec.values())).targets(t.tokens)
-            else:
-                self.isi_rec[t.layer].update(t.tokens, self._pre, self.splits[self._rows], targets=self._targets)
+            else:  # projected now, added to the sums once the whole batch has run
+                self._isi_inputs.append((t.layer, self.isi_rec[t.layer].inputs(t.tokens)))
 
     def batch(self, images: torch.Tensor, rows: np.ndarray, first_row: int, span: int) -> None:
-        self._rows, self._bad, self._values, self._feats = rows, [], [], {}
+        """Run one batch (shard positions ``rows``; cache rows ``first_row .. first_row + span - 1``)."""
+        self._rows, self._bad, self._values, self._feats, self._isi_inputs = rows, [], [], {}, []
         timings: dict = {}
-        self.tm.run(images, self.sink, attention=self.attention, timings=timings)
-        self._pre = self._targets = None
-        self.forward_s += timings["forward_s"]
-        self.block_end_s += np.asarray(timings["block_end_s"])
-        self.finite[rows] = ~torch.stack(self._bad, dim=1).cpu().numpy()
-        if self._values:
-            values = torch.stack([v.to(torch.float64) for _, _, v in self._values]).cpu().numpy()
-            for (metric, position, _), v in zip(self._values, values, strict=True):
-                self.curves.update(metric, position, rows, v)
-        for ts, per_layer in self._feats.items():
-            feats = torch.stack(per_layer).cpu().numpy()  # (n_layers, B, d)
-            if len(rows) == span:
-                block = feats
-            else:  # unreadable images leave zero rows in the cache
-                block = np.zeros((feats.shape[0], span, feats.shape[2]), dtype=np.float16)
-                block[:, rows - first_row] = feats
-            self.cache.write(ts, first_row, block)
+        try:
+            with self.precision():
+                self.tm.run(images, self.sink, attention=self.attention, timings=timings)
+            # -- the batch has run: from here on the state changes --
+            self.forward_s += timings["forward_s"]
+            self.block_end_s += np.asarray(timings["block_end_s"])
+            self.finite[rows] = ~torch.stack(self._bad, dim=1).cpu().numpy()
+            if self._values:
+                values = torch.stack([v.to(torch.float64) for _, _, v in self._values]).cpu().numpy()
+                for (metric, position, _), v in zip(self._values, values, strict=True):
+                    self.curves.update(metric, position, rows, v)
+            for layer, x in self._isi_inputs:
+                self.isi_rec[layer].update_projected(x, self._targets, self.splits[rows])
+            for ts, per_layer in self._feats.items():
+                feats = torch.stack(per_layer).cpu().numpy()  # (n_layers, B, d)
+                if len(rows) == span:
+                    block = feats
+                else:  # unreadable images (or the gaps between pieces of a batch) leave zero rows in the cache
+                    block = np.zeros((feats.shape[0], span, feats.shape[2]), dtype=np.float16)
+                    block[:, rows - first_row] = feats
+                self.cache.write(ts, first_row, block)
+        finally:
+            self._targets, self._bad, self._values, self._feats, self._isi_inputs = None, [], [], {}, []
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Every array of the state, for a checkpoint (exact: stored ISI rows stay stored)."""
+        out = {"loaded": self.loaded, "finite": self.finite, "block_end_s": self.block_end_s}
+        out |= {f"curve/{m}": v for m, v in self.curves.state_dict().items()}
+        for layer, isi in (self.isi_rec or {}).items():
+            out |= {f"isi/{layer}/{k}": v for k, v in isi.snapshot().items()}
+        return out
+
+    def scalars(self) -> dict:
+        return {"done": self.done, "pass_s": self.pass_s, "forward_s": self.forward_s, "skipped": self.skipped,
+                "micro_batch": self.micro_batch, "warnings": self.warnings}
+
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from a checkpoint made by :meth:`snapshot` and :meth:`scalars`."""
+        self.loaded, self.finite = arrays["loaded"].copy(), arrays["finite"].copy()
+        self.block_end_s = arrays["block_end_s"].copy()
+        self.curves.load_state_dict({m: arrays[f"curve/{m}"] for m in self.curves.values})
+        for layer, isi in (self.isi_rec or {}).items():
+            prefix = f"isi/{layer}/"
+            isi.restore({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}, self.device)
+        self.done, self.pass_s, self.forward_s = meta["done"], meta["pass_s"], meta["forward_s"]
+        self.skipped, self.micro_batch = list(meta["skipped"]), meta["micro_batch"]
+        self.warnings, self.pass_complete = list(meta["warnings"]), bool(meta["pass_complete"])
+
+
+class _StopOnSignal:
+    """SIGINT / SIGTERM during the pass ask it to stop at the next batch boundary (after a checkpoint).
+
+    A second signal stops at once, as the signal would without this handler (the last checkpoint stays).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+            for s in self.SIGNALS:
+                signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        previous = self._previous.get(signum)
+        self._restore()
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+class _Checkpointer:
+    """Writes the pass's checkpoint every ``every_s`` seconds of work, at the end of the pass and on request."""
+
+    def __init__(self, path: Path, every_s: float, fingerprint: dict, shard: dict, flush: list[Path],
+                 resume_command: str) -> None:
+        self.path, self.every_s, self.fingerprint, self.shard = path, every_s, fingerprint, shard
+        self.flush, self.resume_command = flush, resume_command
+        self.last = time.monotonic()
+        self.written = 0
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every_s
+
+    def save(self, state: _Pass, pass_complete: bool = False) -> None:
+        self.written += 1
+        meta = {"vitdepth_version": __version__, "fingerprint": self.fingerprint, **self.shard, **state.scalars(),
+                "total": self.shard["hi"] - self.shard["lo"], "pass_complete": pass_complete,
+                "resume_command": self.resume_command, "written_by_process": self.written}
+        save_checkpoint(self.path, meta, state.snapshot(), flush=self.flush)
+        self.last = time.monotonic()
+
+
+def _fault_point(step: str) -> None:
+    """Test hook: ``VITDEPTH_FAULT_INJECT=kill-after-pass`` kills the process (SIGKILL) once the pass is saved."""
+    if os.environ.get(FAULT_ENV) == f"kill-{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _shard_bounds(n: int, batch_size: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous runs of whole batches per rank: the same batches a single process would run, so every rank's
+    per-image values equal the single-process ones, and shards concatenate in image order."""
+    n_batches = -(-n // batch_size)
+    return [(min(n, r * n_batches // world * batch_size), min(n, (r + 1) * n_batches // world * batch_size))
+            for r in range(world)]
+
+
+def _main_first(ctx: DistContext, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0 only; if it raises a :class:`VitdepthError`, every rank raises the same one-liner."""
+    error = None
+    if ctx.is_main:
+        try:
+            fn()
+        except VitdepthError as e:
+            error = str(e)
+            if not ctx.enabled:
+                raise
+    error = broadcast_object(ctx, error)
+    if error is not None:
+        raise VitdepthError(error)
+
+
+def _resume_command(cfg: AnalyzeConfig, ctx: DistContext) -> str:
+    if not cfg.command_line:
+        return "analyze(..., resume=True) with the same arguments"
+    args = list(cfg.command_line)
+    if "--resume" not in args:
+        args.append("--resume")
+    if ctx.enabled:
+        nproc = os.environ.get("LOCAL_WORLD_SIZE", str(ctx.world_size))
+        return shlex.join(["torchrun", f"--nproc-per-node={nproc}", "-m", "vitdepth", *args[1:]])
+    return shlex.join(args)
+
+
+def _fingerprint(cfg: AnalyzeConfig, tm: TappedModel, source, indices, splits, metrics, ctx) -> dict:
+    """What a resumed run must share with the interrupted one (compared key by key, named in the refusal)."""
+    import hashlib
+
+    def sha(a) -> str:
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+    return json.loads(json.dumps({
+        "model": {k: v for k, v in tm.identity.items()}, "data": source.identity(),
+        "selection": sha(np.asarray(indices, dtype=np.int64)), "splits": sha(np.asarray(splits, dtype=np.int64)),
+        "metrics": sorted(metrics), "seed": cfg.seed, "dtype": cfg.dtype, "image_size": cfg.image_size,
+        "preprocess": list(cfg.preprocess), "isi": [cfg.isi_k, cfg.isi_k_in], "batch_size": cfg.batch_size,
+        "world_size": ctx.world_size}, default=_json_default))
 
 
 def analyze(cfg: AnalyzeConfig | None = None, /, **kwargs) -> Path:
@@ -321,8 +537,11 @@ def analyze(cfg: AnalyzeConfig | None = None, /, **kwargs) -> Path:
     keywords, ``analyze(model=my_vit, data=my_dataset, out="runs/x")`` (see :class:`AnalyzeConfig` for the
     objects ``model`` and ``data`` accept).
 
+    Under ``torchrun`` every process runs this; the images are split across them, and rank 0 writes the run.
+
     Raises:
         VitdepthError: bad input (spec, paths, data, existing run directory); nothing is left behind.
+        Interrupted: SIGINT / SIGTERM during the run; the checkpoint is kept and the message says how to resume.
     """
     if cfg is None:
         try:
@@ -333,9 +552,19 @@ def analyze(cfg: AnalyzeConfig | None = None, /, **kwargs) -> Path:
         raise VitdepthError("analyze() takes an AnalyzeConfig or keywords, not both")
     t_start = time.perf_counter()
     _validate(cfg)
-    od = OutputDir(cfg.out, "run", overwrite=cfg.overwrite, inputs=_model_inputs(cfg))
-    od.check()  # before anything is loaded: a bad --out costs nothing
-    device = _resolve_device(cfg.device)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _analyze(cfg, ctx, t_start)
+    finally:
+        destroy(ctx)
+
+
+def _analyze(cfg: AnalyzeConfig, ctx: DistContext, t_start: float) -> Path:
+    od = OutputDir(cfg.out, "run", overwrite=cfg.overwrite, inputs=_model_inputs(cfg), resumable=True,
+                   resume=cfg.resume)
+    _main_first(ctx, od.check)  # before anything is loaded: a bad --out costs nothing
+    device = _resolve_device(cfg.device, ctx)
+    quiet = cfg.quiet or not ctx.is_main
     if isinstance(cfg.data, str):
         source = create_source(cfg.data, seed=cfg.seed, exclude=[od.out])  # never read our own output as data
     else:
@@ -357,7 +586,7 @@ def analyze(cfg: AnalyzeConfig | None = None, /, **kwargs) -> Path:
     if coverage and cfg.strict:
         raise VitdepthError(f"{coverage[0]} (--strict)")
     source.warnings = list(getattr(source, "warnings", [])) + coverage
-    if not cfg.quiet:
+    if not quiet:
         for w in source.warnings:
             print(f"vitdepth: warning: {w}", file=sys.stderr)
 
@@ -370,26 +599,81 @@ def analyze(cfg: AnalyzeConfig | None = None, /, **kwargs) -> Path:
     if not labelled:  # probes and neural collapse need classes: not applicable, never zeros
         unlabelled = frozenset(m for m in metrics if METRICS[m].kind == "probe" or m in COLLAPSE_IDS)
         metrics -= unlabelled
-    od.check()  # the data source may have added inputs
+    _main_first(ctx, od.check)  # the data source may have added inputs
     tm = _resolve_model(cfg, device)
     transform = _resolve_transform(cfg, tm)
     name = _display_name(cfg, tm)
     check = None
     if cfg.self_check:
-        check, metrics = _run_self_check(tm, source, indices, transform, device, metrics, cfg)
+        check, metrics = _run_self_check(tm, source, indices, transform, device, metrics, cfg, quiet)
 
     # the fp16 feature cache dominates what a run writes: (layers + cls layers) x images x width x 2 bytes
     dim = tm.sites.patch_proj.out_channels
     od.need_bytes = int(1.25 * 2 * dim * len(indices) * (2 * len(tm.layer_names))) + (16 << 20)
+    run = _RunInputs(cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics, check,
+                     unlabelled, ctx, _fingerprint(cfg, tm, source, indices, splits, metrics, ctx),
+                     _resume_command(cfg, ctx), quiet)
+    _main_first(ctx, od.__enter__)
     try:
-        with od:
-            _analyze_into(od.tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start,
-                          metrics, check, unlabelled)
-            return od.commit()
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise disk_full_error(e, od.out, od.need_bytes) from None
+        _analyze_into(od.tmp, run)
+        return od.commit() if ctx.is_main else od.given
+    except Interrupted:
+        od.keep_checkpoint = True
         raise
+    except (KeyboardInterrupt, Terminated) as e:  # after the pass (fits, figures): its checkpoint is complete
+        od.keep_checkpoint = True
+        if not has_checkpoint(od.tmp):
+            raise
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        raise Interrupted(_interrupted_message(od.tmp, run, signum, "after the pass"), signum) from None
+    except VitdepthError:
+        # bad input: a checkpoint this command started is not worth keeping; one it was asked to resume is kept
+        od.keep_checkpoint = cfg.resume
+        raise
+    except OSError as e:
+        od.keep_checkpoint = True
+        if e.errno == errno.ENOSPC:
+            err = disk_full_error(e, od.out, od.need_bytes)
+            if has_checkpoint(od.tmp):
+                err = VitdepthError(f"{err}; the checkpoint is kept: after freeing space, resume with: "
+                                    f"{run.resume_command}")
+            raise err from None
+        raise
+    except BaseException:
+        od.keep_checkpoint = True  # a crash (or an out-of-memory error) keeps what the pass has saved
+        raise
+    finally:
+        if ctx.is_main:
+            od.__exit__(None, None, None)
+
+
+@dataclass
+class _RunInputs:
+    """Everything :func:`_analyze_into` needs, settled before the run directory is opened."""
+
+    cfg: AnalyzeConfig
+    name: str
+    source: Any
+    tm: TappedModel
+    transform: Any
+    indices: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    device: torch.device
+    t_start: float
+    metrics: frozenset
+    check: Any
+    unlabelled: frozenset
+    ctx: DistContext
+    fingerprint: dict
+    resume_command: str
+    quiet: bool
+
+
+def _interrupted_message(tmp: Path, run: _RunInputs, signum: int, where: str) -> str:
+    what = "interrupted (SIGINT)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    return (f"{what} {where}; the checkpoint in {tmp} keeps the work so far (the run directory "
+            f"{run.cfg.out} is not written yet); resume with: {run.resume_command}")
 
 
 #: Images the self-check compares (the first readable ones of the selection): enough for every code path,
@@ -397,11 +681,12 @@ def analyze(cfg: AnalyzeConfig | None = None, /, **kwargs) -> Path:
 SELF_CHECK_IMAGES = 4
 
 
-def _run_self_check(tm, source, indices, transform, device, metrics, cfg):
+def _run_self_check(tm, source, indices, transform, device, metrics, cfg, quiet=False):
     """Compare the taps with the model's own computation on the first images, before the pass.
 
     Tokens that differ stop the run; attention that differs or cannot be verified removes the attention metrics
-    (the reason goes to run.json, the console and the report).
+    (the reason goes to run.json, the console and the report). The check runs in float32 whatever ``--dtype``:
+    it verifies the taps, not the autocast arithmetic.
     """
     from ..models.selfcheck import self_check
 
@@ -413,56 +698,219 @@ def _run_self_check(tm, source, indices, transform, device, metrics, cfg):
     if check.tokens == "failed":
         raise VitdepthError(f"self-check failed for {_describe(cfg.model)}: {check.reason}; vitdepth cannot tap "
                             "this model correctly (please report it; --no-self-check skips the check at your own risk)")
-    if not cfg.quiet:
+    if not quiet:
         print(check.summary(), file=sys.stderr)
     if check.attention != "verified" and metrics & ATTENTION_IDS:
         dropped = sorted(metrics & ATTENTION_IDS)
         metrics = metrics - ATTENTION_IDS
         check.reason = f"{', '.join(dropped)} not reported: {check.reason}"
-        if not cfg.quiet:
+        if not quiet:
             print(f"vitdepth: warning: {check.reason}", file=sys.stderr)
     return check, metrics
 
 
-def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics,
-                  check=None, unlabelled=frozenset()) -> None:
-    n = len(indices)
+def _stream(state: _Pass, run: _RunInputs, shard_indices: np.ndarray, checkpointer: _Checkpointer,
+            stop: _StopOnSignal, progress: Progress) -> None:
+    """The pass over a shard from its cursor on: batches, out-of-memory retries, checkpoints, stop requests."""
+    cfg, device = run.cfg, run.device
+    t0 = time.perf_counter()
+    batches = iter(iterate_batches(run.source, shard_indices[state.done:], run.transform, cfg.batch_size,
+                                   strict=cfg.strict, num_workers=_auto_workers(cfg),
+                                   pin_memory=device.type == "cuda"))
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception:
+                if stop.signum is None:  # a DataLoader worker killed by the same Ctrl-C is no error of its own
+                    raise
+                break
+            span = len(batch.indices) + len(batch.skipped)
+            rows = np.searchsorted(shard_indices, batch.indices)
+            if len(rows):
+                images = batch.images.to(device, run.tm.dtype, non_blocking=True)
+                _batch_with_retries(state, images, rows, state.done, span, run.quiet)
+                state.loaded[rows] = True
+            state.skipped += [{"index": int(i), "item": nm, "reason": why} for i, nm, why in batch.skipped]
+            state.done += span
+            progress.update(span)
+            if stop.signum is not None or checkpointer.due():
+                state.pass_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                checkpointer.save(state)
+            if stop.signum is not None:
+                break
+    finally:
+        state.pass_s += time.perf_counter() - t0
+    if stop.signum is not None:
+        checkpointer.save(state)
+        where = f"at {state.done}/{len(shard_indices)} images" + (
+            f" of rank {run.ctx.rank}'s share" if run.ctx.enabled else "")
+        raise Interrupted(_interrupted_message(checkpointer.path.parent.parent, run, stop.signum, where), stop.signum)
+
+
+def _batch_with_retries(state: _Pass, images, rows, first_row, span, quiet) -> None:
+    """Run a batch; out of memory, halve the batch and run it in pieces (per-image results do not depend on it)."""
+    start = 0
+    while start < len(rows):
+        size = min(state.micro_batch or len(rows), len(rows))
+        piece = slice(start, start + size)
+        whole = size == len(rows)
+        sub = rows[piece]
+        try:
+            state.batch(images if whole else images[piece], sub, first_row if whole else int(sub[0]),
+                        span if whole else int(sub[-1] - sub[0] + 1))
+        except _OOM:
+            if size <= 1:
+                raise VitdepthError(f"out of memory on {state.device} with a single image; use a smaller "
+                                    "--image-size, --dtype bf16, or a device with more memory") from None
+            state.micro_batch = size // 2
+            if state.device.type == "cuda":
+                torch.cuda.empty_cache()
+            message = (f"out of memory on {state.device} at batch size {size}; continuing with batches of "
+                       f"{state.micro_batch}")
+            if message not in state.warnings:
+                state.warnings.append(message)
+                if not quiet:
+                    print(f"vitdepth: warning: {message}", file=sys.stderr)
+            continue
+        start += size
+
+
+def _open_pass(tmp: Path, run: _RunInputs, bounds: list[tuple[int, int]]) -> tuple[_Pass, _Checkpointer]:
+    """This rank's pass state: fresh, or restored from its checkpoint under ``--resume``."""
+    cfg, tm, ctx = run.cfg, run.tm, run.ctx
+    lo, hi = bounds[ctx.rank]
     layers = tm.layer_names
     dim = tm.sites.patch_proj.out_channels
     cache_layers = {"mean": layers}
     if tm.has_cls:
         cache_layers["cls"] = layers[1:]
-    cache = FeatureCache.create(tmp / "cache", cache_layers, n, dim)
+    ckpt = checkpoint_file(tmp, ctx.rank)
+    cache_dir = tmp / "cache" if ctx.is_main else shard_cache_dir(tmp, ctx.rank)
+    # rank 0's cache is the run's (its shard starts at row 0; the other shards are copied in after the pass)
+    n_cache = len(run.indices) if ctx.is_main else hi - lo
+    resuming = cfg.resume and ckpt.is_file()
+    if not ctx.is_main and not resuming:  # a rank's leftovers from an earlier run on this node (no shared disk)
+        ckpt.unlink(missing_ok=True)
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    cache = (FeatureCache.open(cache_dir) if resuming and (cache_dir / "meta.json").is_file()
+             else FeatureCache.create(cache_dir, cache_layers, n_cache, dim))
     isi_rec = None
-    if metrics & ISI_REC_IDS:
+    if run.metrics & ISI_REC_IDS:
         num_tokens = tm.sites.num_prefix + _num_patches(tm)
         isi_rec = {layer: ReconstructionISI(dim, num_tokens, _num_patches(tm), k=cfg.isi_k, k_in=cfg.isi_k_in,
                                             seed=cfg.seed) for layer in layers[1:]}
-    state = _Pass(tm, n, cache, metrics, splits, isi_rec)
-    skipped: list[dict] = []
-    loaded = np.zeros(n, dtype=bool)
-    t0 = time.perf_counter()
-    with torch.inference_mode(), Progress(n, "analyze", quiet=cfg.quiet) as progress:
-        first = 0
-        for batch in iterate_batches(source, indices, transform, cfg.batch_size, strict=cfg.strict,
-                                     num_workers=_auto_workers(cfg)):
-            span = len(batch.indices) + len(batch.skipped)
-            rows = np.searchsorted(indices, batch.indices)
-            skipped += [{"index": int(i), "item": nm, "reason": why} for i, nm, why in batch.skipped]
-            if len(rows):
-                state.batch(batch.images.to(device, tm.dtype), rows, first, span)
-                loaded[rows] = True
-            first += span
-            progress.update(span)
-    t_pass = time.perf_counter() - t0
+    state = _Pass(tm, hi - lo, cache, run.metrics, run.splits[lo:hi], isi_rec, run.device,
+                  AUTOCAST_DTYPES[cfg.dtype])
+    shard = {"rank": ctx.rank, "lo": lo, "hi": hi}
+    checkpointer = _Checkpointer(ckpt, cfg.checkpoint_every, run.fingerprint, shard,
+                                 [cache.path(ts) for ts in cache.layers], run.resume_command)
+    if resuming:
+        meta, arrays = load_checkpoint(ckpt)
+        diff = fingerprint_difference(meta.get("fingerprint", {}), run.fingerprint)
+        if diff is not None:
+            raise VitdepthError(f"--resume refused: {diff}; rerun with the interrupted run's options, or pass "
+                                "--overwrite instead of --resume to start over")
+        if (meta.get("lo"), meta.get("hi")) != (lo, hi):
+            raise VitdepthError(f"--resume refused: the checkpoint of rank {ctx.rank} covers images {meta.get('lo')}"
+                                f"..{meta.get('hi')}, this run gives it {lo}..{hi}; use the same options")
+        state.restore(meta, arrays)
+    return state, checkpointer
+
+
+def _combine(state: _Pass, run: _RunInputs, bounds: list[tuple[int, int]]) -> None:
+    """Bring every rank's shard into rank 0's state (torchrun): sums reduced, per-image arrays and the feature
+    cache copied in image order. A no-op in a single process."""
+    ctx = run.ctx
+    if not ctx.enabled:
+        return
+    n, n_layers = len(run.indices), len(run.tm.layer_names)
+    for layer in sorted(state.isi_rec or {}, key=layer_order):
+        isi = state.isi_rec[layer]
+        sums = isi.state_dict()  # stored rows become sums: shards add up
+        for key in sorted(sums):
+            reduce_sum_to_main(ctx, sums[key])
+        if ctx.is_main:
+            isi.load_state_dict(sums)
+    scalars = gather_objects(ctx, {"skipped": state.skipped, "forward_s": state.forward_s, "pass_s": state.pass_s,
+                                   "block_end_s": state.block_end_s.tolist(), "warnings": state.warnings})
+    if ctx.is_main:
+        full = PerImageCurves(list(state.curves.values), n, n_layers)
+        finite, loaded = np.ones((n, n_layers), dtype=bool), np.zeros(n, dtype=bool)
+        lo0, hi0 = bounds[0]
+        for m, v in state.curves.values.items():
+            full.values[m][lo0:hi0] = v
+        finite[lo0:hi0], loaded[lo0:hi0] = state.finite, state.loaded
+        for r in range(1, ctx.world_size):
+            lo, hi = bounds[r]
+            for m in full.values:
+                full.values[m][lo:hi] = recv_array(ctx, (hi - lo, n_layers), np.float64, src=r)
+            finite[lo:hi] = recv_array(ctx, (hi - lo, n_layers), np.bool_, src=r)
+            loaded[lo:hi] = recv_array(ctx, (hi - lo,), np.bool_, src=r)
+            for ts, names in state.cache.layers.items():
+                for li in range(len(names)):
+                    for start in range(0, hi - lo, CACHE_COPY_ROWS):
+                        stop = min(hi - lo, start + CACHE_COPY_ROWS)
+                        rows = recv_array(ctx, (stop - start, state.cache.dim), np.float16, src=r)
+                        state.cache.write_rows(ts, li, lo + start, rows)
+        state.curves, state.finite, state.loaded = full, finite, loaded
+        state.skipped = [s for part in scalars for s in part["skipped"]]
+        state.forward_s = sum(p["forward_s"] for p in scalars)
+        state.block_end_s = np.sum([p["block_end_s"] for p in scalars], axis=0)
+        state.pass_s = max(p["pass_s"] for p in scalars)  # the ranks ran side by side
+        state.warnings = list(dict.fromkeys(w for p in scalars for w in p["warnings"]))
+    else:
+        for v in state.curves.values.values():
+            send_array(ctx, v)
+        send_array(ctx, state.finite)
+        send_array(ctx, state.loaded)
+        for ts, names in state.cache.layers.items():
+            for li in range(len(names)):
+                for start in range(0, state.cache.n_items, CACHE_COPY_ROWS):
+                    stop = min(state.cache.n_items, start + CACHE_COPY_ROWS)
+                    send_array(ctx, state.cache.read_rows(ts, li, start, stop))
+
+
+#: Rows of the feature cache sent from a rank to rank 0 in one message (16 MiB at width 1024).
+CACHE_COPY_ROWS = 8192
+
+
+def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
+    cfg, tm, ctx, metrics = inputs.cfg, inputs.tm, inputs.ctx, inputs.metrics
+    name, source, indices, labels, splits = inputs.name, inputs.source, inputs.indices, inputs.labels, inputs.splits
+    device = inputs.device
+    n = len(indices)
+    layers = tm.layer_names
+    dim = tm.sites.patch_proj.out_channels
+    bounds = _shard_bounds(n, cfg.batch_size, ctx.world_size)
+    state, checkpointer = _open_pass(tmp, inputs, bounds)
+    lo, hi = bounds[ctx.rank]
+    if not state.pass_complete:
+        label = "analyze" if not ctx.enabled else f"analyze (rank 0 of {ctx.world_size})"
+        with torch.inference_mode(), _StopOnSignal() as stop, Progress(hi - lo, label, quiet=inputs.quiet) as progress:
+            progress.done = state.done
+            _stream(state, inputs, indices[lo:hi], checkpointer, stop, progress)
+        if checkpointer.written or state.pass_s >= cfg.checkpoint_every:  # a long pass: keep it safe for the fits
+            checkpointer.save(state, pass_complete=True)
+    _fault_point("after-pass")
+    with torch.inference_mode():
+        _combine(state, inputs, bounds)
+    if not ctx.is_main:
+        return
+    loaded, skipped, cache, isi_rec = state.loaded, state.skipped, state.cache, state.isi_rec
+    t_pass = max(state.pass_s, 1e-9)
     if not loaded.any():
         raise VitdepthError(f"no image of {_describe(cfg.data)} could be read ({len(skipped)} skipped); check the "
                             "files")
+    unlabelled, check = inputs.unlabelled, inputs.check
     if not unlabelled and getattr(source, "labelled", True):
         check_labels(labels[loaded], source.class_names)
 
-    stages = Stages(quiet=cfg.quiet)
-    rows_out, post_warnings, isi_info = [], [], None
+    stages = Stages(quiet=inputs.quiet)
+    rows_out, post_warnings, isi_info = [], list(state.warnings), None
     _split_rows(splits, loaded)  # every split has images (else a one-line error, before any fit)
     if isi_rec is not None:
         # first, so its statistics (the largest state of the pass) are freed before the probes load features
@@ -528,7 +976,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
                   "preprocess": tm.preprocess.to_dict(), "dtype": str(tm.dtype), "device": str(device),
                   "block_layout": sorted(set(tm.sites.layouts)),
                   "attention_source": sorted(set(tm.sites.attention_source)),
-                  "transform": _transform_record(transform, cfg)},
+                  "transform": _transform_record(inputs.transform, cfg)},
         "data": {**source.identity(), "analyzed": int(loaded.sum()), "selected": n, "splits": counts,
                  "split_fractions": list(cfg.split_fractions), "skipped": skipped},
         "metrics": {"selected": sorted(metrics), "spec": cfg.metrics or "all", "not_applicable": not_applicable,
@@ -556,7 +1004,7 @@ def _analyze_into(tmp, cfg, name, source, tm, transform, indices, labels, splits
         with stages("report_s", "report"):
             write_run_report(tmp)  # reads run.json as written above; timings are completed below
     run["timings"].update(stages.seconds)
-    run["timings"]["total_s"] = time.perf_counter() - t_start
+    run["timings"]["total_s"] = time.perf_counter() - inputs.t_start
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
 
 

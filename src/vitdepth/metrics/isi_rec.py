@@ -221,8 +221,8 @@ def _add_rows_(state: dict[str, Tensor], s: int, xs: Tensor, ys: Tensor) -> None
     state["cross"][s].addmm_(xs.T, ys)
 
 
-def _isi_rec_update_(state: dict[str, Tensor], tokens: Tensor, targets: Tensor, split: np.ndarray,
-                     r_in: Tensor, held: dict[int, int]) -> None:
+def _isi_rec_update_(state: dict[str, Tensor], x: Tensor, targets: Tensor, split: np.ndarray,
+                     held: dict[int, int]) -> None:
     """Add one batch in place: summed, or stored as rows for the splits in ``held``.
 
     A split in ``held`` (split code -> rows stored so far) keeps its rows in its own, still unused,
@@ -232,13 +232,12 @@ def _isi_rec_update_(state: dict[str, Tensor], tokens: Tensor, targets: Tensor, 
 
     Args:
         state: Statistics of :func:`_isi_rec_empty` on r_in's device and dtype.
-        tokens: Layer tokens (B, T, d), prefix tokens first (any float dtype).
+        x: Projected layer tokens (B, T k_in), ``_project(tokens, r_in)``.
         targets: Projected pre-position-embedding patch embeddings (B, P k), ``_project(pre, r_out)``.
         split: Split codes (B,) in {0, 1, 2}, a host (numpy) array.
-        r_in: (d, k_in) projection on the accumulation device and dtype.
         held: split code -> number of rows stored in that split's slots.
     """
-    x, y = _project(tokens, r_in), targets
+    y = targets
     capacity = state["gram"].shape[1]
     for s, rows in _split_rows(split).items():
         if rows is not None:
@@ -731,7 +730,51 @@ class ReconstructionISI:
         elif tuple(targets.shape) != (tokens.shape[0], self.output_width):
             raise _IsiInputError(f"targets must have shape (B, P k) = ({tokens.shape[0]}, {self.output_width}); "
                                  f"got {tuple(targets.shape)}. Make them with targets(pre_patches).")
-        _isi_rec_update_(self._ensure_state(), tokens, targets.to(self.dtype), codes, self._proj[0], self._held)
+        self.update_projected(_project(tokens, self._proj[0]), targets, codes)
+
+    @torch.no_grad()
+    def inputs(self, tokens: Tensor) -> Tensor:
+        """The projected inputs (B, T k_in) of layer tokens (B, T, d), in the accumulation dtype on their device.
+
+        With :meth:`update_projected`, this splits :meth:`update` into a pure part and the state change, so a
+        caller can compute a whole batch first and change the state only once it all succeeded (the analysis
+        pass retries a batch that ran out of memory in halves).
+        """
+        tokens = _check_input("tokens", tokens, (self.num_tokens, self.dim), "(B, T, d)")
+        self._check_device(tokens.device)
+        return _project(tokens, self._proj[0])
+
+    @torch.no_grad()
+    def update_projected(self, inputs: Tensor, targets: Tensor, split) -> None:
+        """Add one batch given as :meth:`inputs` and :meth:`targets` (the same batch as :meth:`update`)."""
+        codes = _check_split(split, inputs.shape[0])
+        if codes.size == 0:
+            return
+        self._check_device(inputs.device)
+        if tuple(inputs.shape) != (inputs.shape[0], self.input_width) or \
+                tuple(targets.shape) != (inputs.shape[0], self.output_width):
+            raise _IsiInputError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must be "
+                                 f"(B, {self.input_width}) and (B, {self.output_width}); make them with inputs() "
+                                 "and targets()")
+        _isi_rec_update_(self._ensure_state(), inputs.to(self.dtype), targets.to(self.dtype), codes, self._held)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The exact state as host arrays, stored rows and their counts included (for checkpoints).
+
+        Unlike :meth:`state_dict`, this does not turn stored rows into sums, so a run restored with
+        :meth:`restore` continues bit for bit as if it had never stopped.
+        """
+        state = self._current_state()
+        held = np.array([self._held.get(s, -1) for s in range(len(_SPLITS))], dtype=np.int64)
+        return {**{key: v.detach().cpu().numpy() for key, v in state.items()}, "held": held}
+
+    def restore(self, snap: dict[str, np.ndarray], device: torch.device | str = "cpu") -> None:
+        """Restore a :meth:`snapshot` onto ``device``."""
+        held = snap["held"]
+        self.load_state_dict({key: torch.from_numpy(np.asarray(snap[key])) for key in _STATE_KEYS})
+        self.to(device)
+        self._device = torch.device(device)
+        self._held = {s: int(h) for s, h in enumerate(held) if h >= 0}
 
     def compute(self) -> dict[str, float]:
         """``isi_rec``, ``r2_self``, ``r2_all``, ``alpha_self``, ``alpha_all`` (see the module docstring).

@@ -48,9 +48,9 @@ from ..data import (
     stratified_splits,
     stratified_subset,
 )
+from ..distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from ..models.checkpoint import apply_state_dict, load_state_dict, save_checkpoint
 from ..outputs import OutputLock, check_writable
-from .distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from .monitor import ISIMonitor
 from .recipe import load_recipe, model_args, recipe_hash
 
