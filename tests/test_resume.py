@@ -240,3 +240,32 @@ def test_torchrun_two_processes_equal_one(tiny_file_model, tmp_path):
     run = json.loads((tmp_path / "two" / "run.json").read_text())
     assert run["data"]["analyzed"] == 200
     assert not list(tmp_path.glob(".two*"))
+
+
+def test_torchrun_killed_and_resumed_per_rank_equals_one_process(tiny_file_model, tmp_path):
+    """Each rank checkpoints its own share: both workers killed (SIGKILL) after their second checkpoint, the job
+    resumed under torchrun with --resume, and the run equals the one-process run."""
+    args = ["analyze", f"file:{tiny_file_model}", "--data", "digits", "--samples", "160", "--batch-size", "16",
+            "--quiet", "--no-self-check", "--checkpoint-every", "0"]
+    one = subprocess.run([*VITDEPTH, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "vitdepth"]
+    out = tmp_path / "two"
+    killed = subprocess.run([*torchrun, *args, "--out", str(out)], capture_output=True, text=True,
+                            env=_env(OMP_NUM_THREADS="1", **{FAULT_ENV: "kill-after-checkpoint:2"}), timeout=600)
+    assert killed.returncode != 0 and not out.exists()
+    # the first rank to reach its second checkpoint dies; torchrun then stops the other one wherever it is
+    found = [partial_dir(out) / "checkpoint" / f"rank-{r}.json" for r in (0, 1)]
+    notes = [json.loads(f.read_text()) for f in found if f.is_file()]
+    assert notes and max(n["done"] for n in notes) == 32 and all(n["world_size"] == 2 for n in notes)
+    resumed = subprocess.run([*torchrun, *args, "--out", str(out), "--resume"], capture_output=True, text=True,
+                             env=_env(OMP_NUM_THREADS="1"), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = np.load(tmp_path / "one" / "per_image.npz"), np.load(out / "per_image.npz")
+    for key in a.files:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    probe = {(r["token_set"], r["layer"]): r["value"] for r in _csv(tmp_path / "one" / "layers.csv")
+             if r["metric"] == "probe_acc"}
+    assert probe == {(r["token_set"], r["layer"]): r["value"] for r in _csv(out / "layers.csv")
+                     if r["metric"] == "probe_acc"}

@@ -24,6 +24,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str = ""
+    owns_group: bool = False  # this code joined the group (and leaves it); else the caller's group is used
 
     @property
     def is_main(self) -> bool:
@@ -51,10 +52,11 @@ def init_distributed(device: str) -> DistContext:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
+    return DistContext(dist.get_rank(), dist.get_world_size(), local, dist.get_backend(), owns)
 
 
 def barrier(ctx: DistContext) -> None:
@@ -113,6 +115,6 @@ def recv_array(ctx: DistContext, shape: tuple[int, ...], dtype, src: int) -> np.
 
 
 def destroy(ctx: DistContext) -> None:
-    """Leave the process group (no-op in a single process)."""
-    if ctx.enabled and dist.is_initialized():
+    """Leave the process group if :func:`init_distributed` joined it (a caller's own group stays)."""
+    if ctx.enabled and ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -68,8 +68,9 @@ def partial_dir(out: str | os.PathLike) -> Path:
 
 
 def has_checkpoint(partial: Path) -> bool:
-    """Whether a partial directory holds a checkpoint to resume from (rank 0's)."""
-    return (partial / CHECKPOINT_DIR / "rank-0.npz").is_file()
+    """Whether a partial directory holds a checkpoint to resume from (any rank's: under torchrun a rank that
+    was stopped before its first checkpoint starts its share again, the others continue theirs)."""
+    return any((partial / CHECKPOINT_DIR).glob("rank-*.npz"))
 
 
 def _pid_alive(pid: int) -> bool:

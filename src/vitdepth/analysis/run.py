@@ -57,7 +57,7 @@ from ..metrics import METRICS, PerImageCurves
 from ..metrics.catalog import resolve_metrics
 from ..metrics.collapse import CollapseStats, collapse_compute, collapse_merge, collapse_update, nc4_disagreement
 from ..metrics.functional import reduction_dtype
-from ..metrics.isi_rec import ReconstructionISI
+from ..metrics.isi_rec import ReconstructionISI, default_k_in
 from ..metrics.probes import fit_ridge_probe
 from ..metrics.stats import bootstrap_mean_ci, wilson_interval
 from ..models import TappedModel, create_model, tap_module
@@ -610,6 +610,10 @@ def _analyze(cfg: AnalyzeConfig, ctx: DistContext, t_start: float) -> Path:
     # the fp16 feature cache dominates what a run writes: (layers + cls layers) x images x width x 2 bytes
     dim = tm.sites.patch_proj.out_channels
     od.need_bytes = int(1.25 * 2 * dim * len(indices) * (2 * len(tm.layer_names))) + (16 << 20)
+    if metrics & ISI_REC_IDS:  # the checkpoint holds the isi_rec sums, twice while it is being replaced
+        tokens = tm.sites.num_prefix + _num_patches(tm)
+        width = tokens * (cfg.isi_k_in or default_k_in(tokens, dim))
+        od.need_bytes += 2 * tm.depth * 3 * (width * width + width * _num_patches(tm) * cfg.isi_k) * 8
     run = _RunInputs(cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics, check,
                      unlabelled, ctx, _fingerprint(cfg, tm, source, indices, splits, metrics, ctx),
                      _resume_command(cfg, ctx), quiet)
@@ -886,15 +890,19 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
     layers = tm.layer_names
     dim = tm.sites.patch_proj.out_channels
     bounds = _shard_bounds(n, cfg.batch_size, ctx.world_size)
-    state, checkpointer = _open_pass(tmp, inputs, bounds)
     lo, hi = bounds[ctx.rank]
-    if not state.pass_complete:
-        label = "analyze" if not ctx.enabled else f"analyze (rank 0 of {ctx.world_size})"
-        with torch.inference_mode(), _StopOnSignal() as stop, Progress(hi - lo, label, quiet=inputs.quiet) as progress:
-            progress.done = state.done
-            _stream(state, inputs, indices[lo:hi], checkpointer, stop, progress)
-        if checkpointer.written or state.pass_s >= cfg.checkpoint_every:  # a long pass: keep it safe for the fits
-            checkpointer.save(state, pass_complete=True)
+    # from here on a stop request ends in a checkpoint and the resume line (after at most one batch)
+    with _StopOnSignal() as stop:
+        state, checkpointer = _open_pass(tmp, inputs, bounds)
+        if not state.pass_complete:
+            label = "analyze" if not ctx.enabled else f"analyze (rank 0 of {ctx.world_size})"
+            with torch.inference_mode(), Progress(hi - lo, label, quiet=inputs.quiet) as progress:
+                progress.done = state.done
+                _stream(state, inputs, indices[lo:hi], checkpointer, stop, progress)
+            if checkpointer.written or state.pass_s >= cfg.checkpoint_every:  # a long pass: safe for the fits
+                checkpointer.save(state, pass_complete=True)
+        elif stop.signum is not None:  # a resumed run stopped again before its fits began
+            raise Interrupted(_interrupted_message(tmp, inputs, stop.signum, "after the pass"), stop.signum)
     _fault_point("after-pass")
     with torch.inference_mode():
         _combine(state, inputs, bounds)
@@ -940,7 +948,8 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
                         **{f"probe_correct_{ts}": v[loaded] for ts, v in correct_store.items()})
     with stages("truncation_s", "truncation estimate"):
         try:
-            truncation = _truncation(tm, rows_out, device, cfg, state)
+            with state.precision():  # latency under the same autocast as the pass
+                truncation = _truncation(tm, rows_out, device, cfg, state)
         except Exception as e:  # noqa: BLE001 - an optional estimate must never lose a finished pass
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
             truncation = {"error": f"{type(e).__name__}: {first}"}
