@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from . import __version__
 from ._errors import Interrupted, Terminated, VitdepthError
@@ -49,25 +51,64 @@ def _on_sigterm(_signum, _frame) -> None:
     raise Terminated
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in --help (where there is one worth showing), epilogs printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+EPILOGS = {
+    "analyze": """examples:
+  vitdepth analyze timm:vit_small_patch16_224.augreg_in21k_ft_in1k --data folder:/data/imagenet:split=val \
+      --samples 5000 --out runs/S
+  vitdepth analyze hf:google/vit-base-patch16-224 --data hf-dataset:cifar10:split=test --device cuda \
+      --dtype bf16 --out runs/B
+  torchrun --nproc-per-node 4 -m vitdepth analyze ... --device cuda --out runs/L
+  vitdepth analyze ... --out runs/L --resume          # continue an interrupted run""",
+    "train": """examples:
+  vitdepth train --recipe digits --out runs/family
+  torchrun --nproc-per-node 8 -m vitdepth train --recipe imagenet-deit --sizes S,B --device cuda --out runs/deit""",
+    "compare": """examples:
+  vitdepth compare runs/S runs/B runs/L --out runs/SBL""",
+    "demo": """examples:
+  vitdepth demo                 # writes ./vitdepth-demo (about half a minute on 2 CPU cores)""",
+    "models": """examples:
+  vitdepth models""",
+    "metrics": """examples:
+  vitdepth metrics              # every metric id with its one-line meaning
+  vitdepth metrics isi_rec      # formula, reading, cost and source of one metric""",
+}
+
+
+def _subparser(sub, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's own keyword
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", epilog=EPILOGS.get(name),
+                          formatter_class=_Formatter, allow_abbrev=False)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitdepth", description="Layer-by-layer depth diagnostics for vision "
-                                "transformers (arXiv 2511.21635).")
+                                "transformers (arXiv 2511.21635).", formatter_class=_Formatter, allow_abbrev=False,
+                                epilog="run `vitdepth COMMAND --help` for a command's options and examples")
     p.add_argument("--version", action="version", version=f"vitdepth {__version__}")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("analyze", help="one streaming pass: per-layer metrics, probes, run directory")
+    a = _subparser(sub, "analyze", "one streaming pass: per-layer metrics, probes, run directory")
     a.add_argument("model", help="model spec, e.g. timm:vit_small_patch16_224, hf:DIR, torchvision:vit_b_16, "
                                  "file:DIR (see `vitdepth models` and docs/models.md)")
     a.add_argument("--data", default="digits", help="data spec: digits, synthetic[:n=..,classes=..,size=..], "
                                                     "folder:PATH[:split=val], hf-dataset:PATH_OR_ID[:split=..], "
-                                                    "wds:SHARDS, csv:FILE (default: digits; see `vitdepth models`)")
+                                                    "wds:SHARDS, csv:FILE (see `vitdepth models`)")
     a.add_argument("--out", required=True, help="run directory to write")
     a.add_argument("--samples", type=_int_in("--samples", 1), default=None,
                    help="analyze a stratified subset of N images")
-    a.add_argument("--batch-size", type=_int_in("--batch-size", 1), default=32)
-    a.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    a.add_argument("--seed", type=SEED, default=0)
+    a.add_argument("--batch-size", type=_int_in("--batch-size", 1), default=32,
+                   help="images per forward (halved automatically when the device runs out of memory)")
+    a.add_argument("--device", default="cpu", help="cpu or cuda[:N] (under torchrun, cuda means one GPU per process)")
+    a.add_argument("--seed", type=SEED, default=0, help="seed of the subset, the splits, projections and bootstrap")
     a.add_argument("--checkpoint", default=None, help="weights for timm: models (safetensors or state dict)")
     a.add_argument("--random-init", action="store_true", help="build the model untrained (recorded in run.json)")
     a.add_argument("--metrics", default=None, help="metric groups (core, paper, all) and/or ids, comma-separated "
@@ -82,12 +123,12 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers decoding images (default: CPU count - 1, at most 8, for file-backed data; "
                         "0 for digits / synthetic)")
     a.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="autocast the model's forward in this dtype (the taps are read as float32; default fp32)")
+                   help="autocast the model's forward in this dtype (the taps are read as float32)")
     a.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its checkpoint (same options as the interrupted command)")
     a.add_argument("--checkpoint-every", type=_float_at_least("--checkpoint-every", 0.0), default=300.0,
                    metavar="SECONDS", help="save the pass every SECONDS of work, so an interrupted run can resume "
-                   "(default 300; 0: after every batch)")
+                   "(0: after every batch)")
     a.add_argument("--no-self-check", action="store_true",
                    help="skip comparing the taps with the model's own attention and hidden states on the first "
                         "images (on by default: attention that does not match is not reported)")
@@ -98,7 +139,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="override the model's preprocessing: mean=R,G,B std=R,G,B interpolation=bicubic|bilinear|"
                         "nearest crop_pct=F crop_mode=center|squash|border (repeatable); recorded in run.json")
 
-    t = sub.add_parser("train", help="train the sizes of a ViT family with one recipe (resumable, torchrun-ready)")
+    t = _subparser(sub, "train", "train the sizes of a ViT family with one recipe (resumable, torchrun-ready)")
     t.add_argument("--recipe", required=True, help="shipped recipe name (digits, synthetic, imagenet-deit) or a "
                                                    "JSON path")
     t.add_argument("--sizes", default=None, help="comma-separated sizes, e.g. S,B,L (default: all of the recipe)")
@@ -108,29 +149,37 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_int_in("--batch-size", 1), default=None,
                    help="global batch size (split across processes)")
     t.add_argument("--seed", type=SEED, default=None)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     t.add_argument("--samples", type=_int_in("--samples", 1), default=None,
                    help="train on a stratified subset of N images")
     t.add_argument("--max-steps", type=_int_in("--max-steps", 1), default=None,
                    help="stop each size after N optimiser steps (smoke runs)")
-    t.add_argument("--num-workers", type=_int_in("--num-workers", 0), default=0)
+    t.add_argument("--num-workers", type=_int_in("--num-workers", 0), default=0, help="DataLoader workers")
     t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint of each size")
     t.add_argument("--overwrite", action="store_true", help="start again, replacing existing sizes")
     t.add_argument("--no-monitor", action="store_true", help="do not run the ISI monitor")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
-    c = sub.add_parser("compare", help="compare run directories (e.g. the sizes of a family); no model needed")
+    c = _subparser(sub, "compare", "compare run directories (e.g. the sizes of a family); no model needed")
     c.add_argument("runs", nargs="+", help="run directories, in order (e.g. S B L)")
     c.add_argument("--out", required=True, help="comparison directory to write")
     c.add_argument("--allow-mixed-data", action="store_true", help="compare runs made on different data")
-    c.add_argument("--overwrite", action="store_true")
-    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
+    c.add_argument("--quiet", action="store_true", help="no summary")
 
-    d = sub.add_parser("demo", help="analyze the shipped digits S/B/L family, compare, write reports")
-    d.add_argument("--out", default="vitdepth-demo", help="output directory (default: vitdepth-demo)")
-    d.add_argument("--quiet", action="store_true")
+    d = _subparser(sub, "demo", "analyze the shipped digits S/B/L family, compare, write reports")
+    d.add_argument("--out", default="vitdepth-demo", help="output directory")
+    d.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
-    sub.add_parser("models", help="list model adapters with example specs")
+    _subparser(sub, "models", "list model adapters and data sources with example specs")
+    m = _subparser(sub, "metrics", "list the metric ids with their meaning, or describe one")
+    m.add_argument("metric", nargs="?", default=None, help="a metric id (e.g. isi_rec) to describe in full")
+    try:  # `vitdepth export`: logs a finished run to a tracker (its libraries are optional extras)
+        from .export import add_parser as add_export_parser
+    except ImportError:
+        add_export_parser = None
+    if add_export_parser is not None:
+        add_export_parser(sub)
     return p
 
 
@@ -145,10 +194,42 @@ def _cmd_analyze(args) -> int:
                         preprocess=tuple(args.preprocess or ()), dtype=args.dtype, resume=args.resume,
                         checkpoint_every=args.checkpoint_every, command_line=("vitdepth", *args.argv))
     out = analyze(cfg)
-    if not args.quiet:
+    if not args.quiet and out is not None and (Path(out) / "run.json").is_file():  # torchrun: rank 0 prints
+        from .report.summary import phase_summary
+
         print(summarize(out))
+        print(phase_summary(out))
         print(f"run directory: {out}")
     return 0
+
+
+def _cmd_metrics(args) -> int:
+    from .metrics import METRICS
+
+    if args.metric is None:
+        width = max(len(m) for m in METRICS)
+        for mid, info in METRICS.items():
+            print(f"{mid:<{width}}  {info.family:<11} {_first_sentence(info.reading)}")
+        print("groups for --metrics: core, paper, all; `vitdepth metrics ID` describes one in full")
+        return 0
+    if args.metric not in METRICS:
+        import difflib
+
+        close = difflib.get_close_matches(args.metric, list(METRICS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise VitdepthError(f"unknown metric {args.metric!r}{hint}; `vitdepth metrics` lists them")
+    info = METRICS[args.metric]
+    print(f"{info.id} ({info.family}; {info.kind}; layers: {info.layers}"
+          f"{'; token sets: ' + ', '.join(info.token_sets) if info.token_sets else ''})")
+    for label, text in (("formula", info.formula), ("reading", info.reading), ("cost", info.cost),
+                        ("source", info.source), ("groups", ", ".join(info.groups))):
+        print(f"  {label}: {text}")
+    return 0
+
+
+def _first_sentence(text: str) -> str:
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= 90 else first[:87] + "..."
 
 
 def _cmd_train(args) -> int:
@@ -221,14 +302,25 @@ def main(argv: list[str] | None = None) -> int:
     143; anything unexpected ends in one line with its type and message (exit 1) unless ``--debug`` asks for the
     traceback.
     """
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    try:  # shell completion when argcomplete is installed (see the README)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    except ImportError:
+        pass
+    args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the resume command an interrupted run prints
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return {"analyze": _cmd_analyze, "train": _cmd_train, "compare": _cmd_compare, "demo": _cmd_demo,
-                "models": _cmd_models}[args.command](args)
+        handlers = {"analyze": _cmd_analyze, "train": _cmd_train, "compare": _cmd_compare, "demo": _cmd_demo,
+                    "models": _cmd_models, "metrics": _cmd_metrics}
+        return (getattr(args, "handler", None) or handlers[args.command])(args)
+    except BrokenPipeError:  # `vitdepth metrics | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes stdout once more
+        return 0
     except Interrupted as e:  # stopped on request, with a checkpoint: the message is the resume line
         print(f"vitdepth: {e}", file=sys.stderr)
         return e.exit_code

@@ -896,8 +896,7 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
         state, checkpointer = _open_pass(tmp, inputs, bounds)
         if not state.pass_complete:
             label = "analyze" if not ctx.enabled else f"analyze (rank 0 of {ctx.world_size})"
-            with torch.inference_mode(), Progress(hi - lo, label, quiet=inputs.quiet) as progress:
-                progress.done = state.done
+            with torch.inference_mode(), Progress(hi - lo, label, quiet=inputs.quiet, initial=state.done) as progress:
                 _stream(state, inputs, indices[lo:hi], checkpointer, stop, progress)
             if checkpointer.written or state.pass_s >= cfg.checkpoint_every:  # a long pass: safe for the fits
                 checkpointer.save(state, pass_complete=True)
