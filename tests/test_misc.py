@@ -15,23 +15,24 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_shows_rate_and_eta_on_a_terminal_only():
+def test_progress_shows_rate_and_eta_on_a_terminal_and_lines_elsewhere():
     tty = _Tty()
     with Progress(10, "analyze", stream=tty) as p:
         p.update(10)
     text = tty.getvalue()
-    assert "10/10" in text and "img/s" in text and "ETA" in text and text.endswith("\n")
-    pipe = io.StringIO()  # not a terminal
+    assert "10/10" in text and "img/s" in text and text.endswith("\n")
+    pipe = io.StringIO()  # not a terminal: plain lines (a log, CI)
     with Progress(10, "analyze", stream=pipe) as p:
         p.update(10)
-    assert pipe.getvalue() == ""
+    assert pipe.getvalue() == "analyze: 10/10 img (100%), " + pipe.getvalue().split("(100%), ")[1]
+    assert "ETA" in pipe.getvalue() and "\r" not in pipe.getvalue()
     quiet = _Tty()
     with Progress(10, "analyze", stream=quiet, quiet=True) as p:
         p.update(10)
     assert quiet.getvalue() == ""
 
 
-def test_stages_print_each_step_on_a_terminal_and_always_time_it():
+def test_stages_print_each_step_and_always_time_it():
     tty = _Tty()
     stages = Stages(stream=tty)
     with stages("probes_s", "ridge probes"):
@@ -42,7 +43,7 @@ def test_stages_print_each_step_on_a_terminal_and_always_time_it():
     assert [line.split(" ...")[0] for line in lines] == ["ridge probes", "figures"]
     assert all(line.endswith("s") for line in lines) and set(stages.seconds) == {"probes_s", "figures_s"}
     pipe = io.StringIO()
-    quiet = Stages(stream=pipe)
+    quiet = Stages(stream=pipe, quiet=True)
     with quiet("probes_s", "ridge probes"):
         pass
     assert pipe.getvalue() == "" and quiet.seconds["probes_s"] >= 0

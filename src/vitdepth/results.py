@@ -4,17 +4,27 @@
 ci_high, n`` (design §6). Phases, comparison and reports read only this and ``run.json``.
 :func:`load_run` checks both files as it reads them, and :func:`load_phases` accepts a
 ``phases.json`` only when it was fitted to the ``layers.csv`` that is there now.
+
+The notebook API sits on top: :class:`RunResults` (``to_pandas``, ``curve``, ``plot``, ``phases``, a short
+repr and an HTML card) and :func:`load_compare` / :class:`CompareResults` for a comparison directory.
+pandas and matplotlib are imported inside the methods that need them.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import difflib
 import hashlib
+import html
 import io
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from ._errors import VitdepthError
 from .outputs import CHECKPOINT_DIR, MARKER, interrupted_run_message, is_own_partial
@@ -32,9 +42,232 @@ def layer_order(layer: str) -> int:
     return -1 if layer == "pre" else int(layer)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """One metric (and token set) across the layers of a run, as numpy arrays in layer order.
+
+    Attributes:
+        metric: the metric id.
+        token_set: the token set (``""`` for metrics without one).
+        layers: layer ids (``"pre"``, ``"0"`` .. ``"L"``), dtype str.
+        layer_index: the layers as numbers, ``pre`` at −1 (the x axis of the report's figures).
+        depth: relative depth ℓ/L.
+        values: the metric per layer (NaN where it was not finite).
+        ci_low: lower end of the 95% confidence interval (NaN where there is none).
+        ci_high: upper end of the 95% confidence interval.
+        n: images (or test images, for probes) behind each value.
+        rows: the ``layers.csv`` rows the arrays come from. Iterating a curve, indexing it with an integer
+            and ``len()`` go through these rows, which is how the report and phase code read curves.
+
+    Example:
+        >>> c = run.curve("token_sim")  # doctest: +SKIP
+        >>> c.layers[c.values.argmax()]  # doctest: +SKIP
+        '12'
+    """
+
+    metric: str
+    token_set: str
+    layers: np.ndarray
+    layer_index: np.ndarray
+    depth: np.ndarray
+    values: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    n: np.ndarray
+    rows: tuple[dict, ...] = dataclasses.field(repr=False, default=())
+
+    @classmethod
+    def from_rows(cls, metric: str, token_set: str, rows: list[dict]) -> Curve:
+        """A curve from ``layers.csv`` rows (any order; they are sorted by layer)."""
+        rows = sorted(rows, key=lambda r: layer_order(r["layer"]))
+        return cls(metric, token_set, np.array([r["layer"] for r in rows], dtype=str),
+                   np.array([layer_order(r["layer"]) for r in rows], dtype=int),
+                   *(np.array([r[k] for r in rows], dtype=float) for k in ("depth", "value", "ci_low", "ci_high")),
+                   np.array([r["n"] for r in rows], dtype=int), tuple(rows))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+    def __repr__(self) -> str:
+        key = f"{self.metric}/{self.token_set}" if self.token_set else self.metric
+        if not self.rows:
+            return f"Curve({key}: empty)"
+        return f"Curve({key}: {len(self)} layers {self.layers[0]}..{self.layers[-1]})"
+
+
+@dataclass(frozen=True)
+class PhaseFit:
+    """A three-segment phase fit of one curve (``fits`` of ``phases.json``).
+
+    Attributes:
+        key: ``metric`` or ``metric/token_set``.
+        label: the shape, e.g. ``"cliff-climb"`` or ``"plateau-climb-plateau"``.
+        breakpoints: the two boundaries on the layer axis (``pre`` = −1).
+        breakpoints_depth: the same in relative depth ℓ/L.
+        breakpoints_layer: the nearest layers.
+        breakpoints_ci: bootstrap 95% intervals of the boundaries, where fitted.
+        r2: fit quality.
+        slopes: the three segment slopes.
+    """
+
+    key: str
+    label: str
+    breakpoints: tuple[float, float]
+    breakpoints_depth: tuple[float, float]
+    breakpoints_layer: tuple[str, str]
+    breakpoints_ci: tuple | None = None
+    r2: float | None = None
+    slopes: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """Where the probe accuracy of one token set reaches ``fraction`` of its best value.
+
+    Attributes:
+        token_set: the probe's token set.
+        layer: the first layer at ``fraction`` × the best accuracy.
+        relative_depth: that layer in ℓ/L.
+        value: the accuracy there.
+        best: the best accuracy.
+        best_layer: where the best accuracy is.
+        fraction: the threshold, e.g. 0.99.
+    """
+
+    token_set: str
+    layer: str
+    relative_depth: float
+    value: float | None = None
+    best: float | None = None
+    best_layer: str | None = None
+    fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class Onset:
+    """The trade-off onset: where probe accuracy has saturated while the ISI still rises.
+
+    Attributes:
+        layer: the onset layer.
+        relative_depth: it in ℓ/L.
+        isi_metric: the ISI curve used (``isi_attn`` or ``isi_rec``).
+        isi_rise_after: how much the ISI still rises after the onset.
+    """
+
+    layer: str
+    relative_depth: float
+    isi_metric: str | None = None
+    isi_rise_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """The truncation suggestion: keep ``blocks_kept`` of ``depth`` blocks.
+
+    Attributes:
+        layer: the last layer kept.
+        blocks_kept: blocks kept.
+        depth: blocks of the model.
+        flops_fraction_saved: share of forward FLOPs saved.
+        latency_fraction_saved: share of measured latency saved, where measured.
+        probe_acc_lost: probe accuracy given up.
+    """
+
+    layer: str
+    blocks_kept: int | None = None
+    depth: int | None = None
+    flops_fraction_saved: float | None = None
+    latency_fraction_saved: float | None = None
+    probe_acc_lost: float | None = None
+
+
+@dataclass(frozen=True)
+class Phases:
+    """``phases.json`` of a run as objects (see :attr:`RunResults.phases`).
+
+    Attributes:
+        fits: phase fit per curve key (``"token_sim"``, ``"probe_acc/mean"``, ...).
+        saturation: probe saturation per token set.
+        useful_depth: the relative depth where the probe saturates (the effective depth).
+        tradeoff_onset: the trade-off onset, if found.
+        truncation: the truncation suggestion, if any.
+        recommendations: the recommendations, as sentences.
+        raw: the parsed ``phases.json``.
+    """
+
+    fits: dict[str, PhaseFit]
+    saturation: dict[str, Saturation]
+    useful_depth: float | None
+    tradeoff_onset: Onset | None
+    truncation: Truncation | None
+    recommendations: list[str]
+    raw: dict = dataclasses.field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Phases:
+        """Objects from a ``phases.json`` already checked by :func:`load_phases`."""
+        def pick(klass, src: dict, **fixed):
+            names = {f.name for f in dataclasses.fields(klass)} - set(fixed)
+            return klass(**fixed, **{k: src[k] for k in names if k in src})
+
+        def tup(v):
+            return None if v is None else tuple(tup(x) if isinstance(x, list) else x for x in v)
+
+        fits = {k: PhaseFit(k, f["label"], tup(f["breakpoints"]), tup(f["breakpoints_depth"]),
+                            tup(f["breakpoints_layer"]), tup(f.get("breakpoints_ci")), f.get("r2"),
+                            tup(f.get("slopes") or ())) for k, f in d["fits"].items()}
+        onset, trunc = d.get("tradeoff_onset"), d.get("truncation")
+        return cls(fits, {ts: pick(Saturation, s, token_set=ts) for ts, s in d["saturation"].items()},
+                   d.get("useful_depth"), pick(Onset, onset) if onset else None,
+                   pick(Truncation, trunc) if trunc and "layer" in trunc else None,
+                   list(d.get("recommendations", [])), d)
+
+
+def _close(word: str, options) -> str:
+    near = difflib.get_close_matches(word, sorted(options), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
+def _known_token_sets(metric: str) -> set[str]:
+    from .metrics.catalog import METRICS  # a table of names, no torch: results may read it
+
+    info = METRICS.get(metric)
+    return set(info.token_sets) if info and info.token_sets else {""}
+
+
+# y-axis label: what the number is and its range (from the formulas in metrics/catalog.py)
+_UNITS = {
+    "token_sim": "mean cosine, −1..1", "token_sim_centered": "mean cosine, −1..1", "cls_patch_sim": "cosine, −1..1",
+    "isi_attn": "(1 − cos)·entropy, 0..2", "attn_delta": "1 − cos, 0..2", "attn_entropy": "normalised entropy, 0..1",
+    "probe_acc": "test accuracy, 0..1", "probe_acc_logistic": "test accuracy, 0..1", "isi_rec": "R² difference",
+    "r2_self": "held-out R², ≤ 1", "r2_all": "held-out R², ≤ 1", "cls_centrality": "attention mass, 0..1",
+    "cls_self": "attention, 0..1", "attn_consensus": "ACI, 0..1", "attn_distance": "patches",
+    "nc4": "disagreement fraction, 0..1",
+}
+
+
+def _escape(v) -> str:
+    return html.escape(str(v), quote=True)
+
+
+@dataclass(repr=False)
 class RunResults:
-    """A run directory loaded back: ``run.json`` and the ``layers.csv`` rows."""
+    """A run directory loaded back: ``run.json`` and the ``layers.csv`` rows.
+
+    Load it with :func:`load_run`. ``rows`` are the ``layers.csv`` rows as dicts and ``run`` the parsed
+    ``run.json``; :meth:`to_pandas`, :meth:`curve`, :meth:`plot` and :attr:`phases` are the notebook views.
+
+    Example:
+        >>> run = vitdepth.load_run("runs/vit_s")  # doctest: +SKIP
+        >>> run  # doctest: +SKIP
+        RunResults(ViT-S on digits: 1797 images, layers pre..12, 26 curves; path runs/vit_s)
+    """
 
     path: Path
     run: dict
@@ -46,10 +279,190 @@ class RunResults:
         """Display name of the analysed model."""
         return self.run["model"]["name"]
 
-    def curve(self, metric: str, token_set: str = "") -> list[dict]:
-        """Rows of one metric (and token set), in layer order."""
-        rows = [r for r in self.rows if r["metric"] == metric and r["token_set"] == token_set]
-        return sorted(rows, key=lambda r: layer_order(r["layer"]))
+    @property
+    def metrics(self) -> list[str]:
+        """The metric ids in this run, in table order.
+
+        Example:
+            >>> run.metrics[:2]  # doctest: +SKIP
+            ['attn_consensus', 'attn_delta']
+        """
+        return list(dict.fromkeys(r["metric"] for r in self.rows))
+
+    def token_sets(self, metric: str) -> list[str]:
+        """The token sets ``metric`` has in this run (``[""]`` for metrics without one).
+
+        Example:
+            >>> run.token_sets("probe_acc")  # doctest: +SKIP
+            ['cls', 'mean']
+        """
+        return sorted({r["token_set"] for r in self.rows if r["metric"] == metric})
+
+    def curve(self, metric: str, token_set: str | None = None) -> Curve:
+        """One metric across layers, as numpy arrays (:class:`Curve`) in layer order.
+
+        Args:
+            metric: a metric id (the ``metric`` column), e.g. ``"token_sim"``.
+            token_set: ``"cls"`` or ``"mean"`` for metrics reported per token set (probes, neural collapse);
+                ``None`` picks the only one there is.
+
+        Returns:
+            The curve. A metric or token set that vitdepth knows but this run did not compute gives an empty
+            curve (``len(curve) == 0``), so code can test for it; :meth:`plot` refuses one.
+
+        Raises:
+            VitdepthError: an unknown metric or token set (with close matches), or ``token_set=None`` for a
+                metric with several token sets.
+
+        Example:
+            >>> c = run.curve("probe_acc", "mean")  # doctest: +SKIP
+            >>> c.layers, c.values, c.ci_low, c.ci_high  # doctest: +SKIP
+        """
+        present = self.metrics
+        if metric not in present and not self._is_known_metric(metric):
+            raise VitdepthError(f"unknown metric {metric!r}{_close(metric, present)} (this run has: "
+                                f"{', '.join(present)})")
+        sets = self.token_sets(metric)
+        if token_set is None:
+            if len(sets) > 1:
+                raise VitdepthError(f"{metric} has the token sets {', '.join(sets)}; pass one, e.g. "
+                                    f"curve({metric!r}, {sets[-1]!r})")
+            token_set = sets[0] if sets else ""
+        elif token_set not in sets and token_set not in _known_token_sets(metric):
+            options = sets or sorted(_known_token_sets(metric))
+            raise VitdepthError(f"{metric} has no token set {token_set!r}{_close(token_set, options)} (it has: "
+                                f"{', '.join(repr(s) for s in options)})")
+        return Curve.from_rows(metric, token_set,
+                               [r for r in self.rows if r["metric"] == metric and r["token_set"] == token_set])
+
+    @staticmethod
+    def _is_known_metric(metric: str) -> bool:
+        from .metrics.catalog import METRICS
+
+        return metric in METRICS
+
+    def to_pandas(self):
+        """The tidy ``layers.csv`` table as a pandas DataFrame (pandas is imported here, on first use).
+
+        Columns: ``model``, ``metric``, ``token_set`` (str); ``layer`` (ordered categorical ``pre, 0 .. L``);
+        ``depth``, ``value``, ``ci_low``, ``ci_high`` (float64); ``n`` (int64).
+
+        Example:
+            >>> df = run.to_pandas()  # doctest: +SKIP
+            >>> probes = df[df.metric == "probe_acc"]  # doctest: +SKIP
+            >>> probes.pivot(index="layer", columns="token_set", values="value")  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        layers = sorted({*self.run["model"]["layers"], *(r["layer"] for r in self.rows)}, key=layer_order)
+        cols = {k: [r[k] for r in self.rows] for k in ROW_FIELDS}
+        df = pd.DataFrame({
+            **{k: pd.Series(cols[k], dtype=str) for k in ("model", "metric", "token_set")},
+            "layer": pd.Categorical(cols["layer"], categories=layers, ordered=True),
+            **{k: pd.Series(cols[k], dtype="float64") for k in ("depth", "value", "ci_low", "ci_high")},
+            "n": pd.Series(cols["n"], dtype="int64"),
+        })
+        return df[list(ROW_FIELDS)]
+
+    @cached_property
+    def phases(self) -> Phases | None:
+        """``phases.json`` as :class:`Phases` (read on first use, checked by :func:`load_phases`).
+
+        ``None`` when the run has none, or a legacy one fitted before ``layers.csv`` hashes were recorded
+        (``vitdepth.summaries.build_phases(run.path)`` refits it).
+
+        Example:
+            >>> run.phases.useful_depth, run.phases.fits["token_sim"].label  # doctest: +SKIP
+            (0.75, 'cliff-climb')
+        """
+        d = load_phases(self)
+        return None if d is None else Phases.from_dict(d)
+
+    def plot(self, metric: str, token_set: str | None = None, ax=None):
+        """Plot one curve with its 95% CI band and phase boundaries (matplotlib is imported here).
+
+        Args:
+            metric: a metric id, as in :meth:`curve`.
+            token_set: as in :meth:`curve`.
+            ax: a matplotlib Axes to draw on; a new figure when ``None``.
+
+        Returns:
+            The Axes drawn on.
+
+        Raises:
+            VitdepthError: as :meth:`curve`, or a curve this run did not compute.
+
+        Example:
+            >>> ax = run.plot("token_sim")  # doctest: +SKIP
+            >>> run.plot("probe_acc", "mean", ax=ax.twinx())  # doctest: +SKIP
+        """
+        c = self.curve(metric, token_set)
+        key = f"{metric}/{c.token_set}" if c.token_set else metric
+        if not len(c):
+            raise VitdepthError(f"{key} was not computed in this run (it has: {', '.join(self.metrics)})")
+        own_figure = ax is None
+        if own_figure:
+            import matplotlib.pyplot as plt  # not matplotlib.use(): a notebook keeps its own backend
+
+            _, ax = plt.subplots(figsize=(5, 3.2))
+        line, = ax.plot(c.layer_index, c.values, marker="o", ms=3, label=f"{self.model} {key}")
+        ax.fill_between(c.layer_index, c.ci_low, c.ci_high, color=line.get_color(), alpha=0.15, lw=0)
+        fit = self.phases.fits.get(key) if self.phases else None
+        if fit:  # the report's convention: dashed verticals at the boundaries, their CI shaded
+            for b, ci in zip(fit.breakpoints, fit.breakpoints_ci or (None, None), strict=True):
+                ax.axvline(b, color=line.get_color(), ls="--", lw=1, alpha=0.8)
+                if ci is not None and all(v is not None for v in ci):
+                    ax.axvspan(ci[0], ci[1], color=line.get_color(), alpha=0.08, lw=0)
+        unit = _UNITS.get(metric)
+        ax.set_ylabel(f"{key} ({unit})" if unit else key)
+        ax.set_xlabel("layer")
+        ticks = c.layer_index[:: max(1, len(c) // 10)]  # at most ~10 labels, as in the report's figures
+        ax.set_xticks(ticks, ["pre" if i < 0 else str(i) for i in ticks])
+        ax.set_title(f"{self.model}: {key}" + (f" ({fit.label})" if fit else ""), fontsize=10)
+        ax.grid(alpha=0.3)
+        if own_figure:
+            ax.figure.tight_layout()
+        return ax
+
+    def _summary(self) -> dict:
+        data, model = self.run["data"], self.run["model"]
+        layers = model["layers"]
+        return {"model": self.model, "data": data.get("spec", "?"), "images": data.get("analyzed", "?"),
+                "layers": f"{layers[0]}..{layers[-1]}", "depth": model["depth"],
+                "curves": len({(r["metric"], r["token_set"]) for r in self.rows}), "metrics": len(self.metrics)}
+
+    def __repr__(self) -> str:
+        s = self._summary()
+        return (f"RunResults({s['model']} on {s['data']}: {s['images']} images, layers {s['layers']}, "
+                f"{s['metrics']} metrics; path {self.path})")
+
+    def _repr_html_(self) -> str:
+        s = self._summary()
+        model = self.run["model"]
+        rows = [("model", f"{model.get('class', '?')}, {s['depth']} blocks, width {model.get('embed_dim', '?')}"),
+                ("data", f"{s['data']} ({s['images']} images)"), ("layers", f"{s['layers']} ({s['depth']} blocks)"),
+                ("table", f"{len(self.rows)} rows: {s['metrics']} metrics, {s['curves']} curves"),
+                ("path", str(self.path))]
+        try:
+            ph = self.phases
+        except VitdepthError as e:
+            rows.append(("phases", f"not read: {e}"))
+        else:
+            if ph is not None and ph.useful_depth is not None:
+                sat = ph.saturation.get("mean") or next(iter(ph.saturation.values()), None)
+                rows.append(("effective depth", f"{ph.useful_depth:.2f}"
+                             + (f" (probe saturates at layer {sat.layer})" if sat else "")))
+            if ph is not None and ph.truncation is not None:
+                t = ph.truncation
+                rows.append(("truncation", f"keep {t.blocks_kept} of {t.depth} blocks"))
+        return _card(f"vitdepth run: {s['model']}", rows)
+
+
+def _card(title: str, rows: list[tuple[str, str]]) -> str:
+    """A small HTML table for notebooks; every value is escaped."""
+    cells = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{_escape(k)}</th>"
+                    f"<td style='text-align:left'>{_escape(v[:300])}</td></tr>" for k, v in rows)
+    return f"<div><b>{_escape(title[:200])}</b><table>{cells}</table></div>"
 
 
 def write_layers(rows: list[dict], run_dir: Path) -> None:
@@ -318,3 +731,131 @@ def load_phases(res: RunResults) -> dict | None:
                             f"after the phases were fitted); {fix}")
     _check_phases(phases, file, int(res.run["model"]["depth"]))
     return phases
+
+
+@dataclass(repr=False)
+class CompareResults:
+    """A comparison directory loaded back (``compare.json``, written by :func:`vitdepth.compare.compare_runs`).
+
+    Attributes:
+        path: the comparison directory.
+        data: the parsed ``compare.json``: ``models`` (a summary per run), ``shifts`` (how phase boundaries move
+            from one model to the next), ``recommendations``.
+
+    Example:
+        >>> cmp = vitdepth.load_compare("runs/compare")  # doctest: +SKIP
+        >>> cmp.to_pandas()[["from", "to", "what", "layers"]]  # doctest: +SKIP
+    """
+
+    path: Path
+    data: dict
+
+    @property
+    def models(self) -> list[str]:
+        """The compared models' names, in comparison order."""
+        return [m["name"] for m in self.data["models"]]
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        """The run directories, as recorded; one that has moved is looked for next to the comparison."""
+        out = []
+        for m in self.data["models"]:
+            recorded = Path(m["run_dir"])
+            beside = self.path.parent / recorded.name  # e.g. the demo writes S, B, L and compare side by side
+            out.append(recorded if recorded.is_dir() or not beside.is_dir() else beside)
+        return out
+
+    @cached_property
+    def runs(self) -> list[RunResults]:
+        """The compared runs, loaded with :func:`load_run` on first use.
+
+        Raises:
+            VitdepthError: a run directory that is gone or is not a run any more.
+
+        Example:
+            >>> [r.phases.useful_depth for r in cmp.runs]  # doctest: +SKIP
+        """
+        return [load_run(d) for d in self.run_dirs]
+
+    def to_pandas(self):
+        """The shifts table as a pandas DataFrame: one row per boundary that moves between consecutive models.
+
+        Columns: ``from``, ``to``, ``what``, ``sentence`` (str); ``layers``, ``relative_depth`` (float64).
+
+        Example:
+            >>> cmp.to_pandas().query("what == 'probe saturation'")  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        shifts = self.data["shifts"]
+        cols = {k: pd.Series([s.get(k) for s in shifts], dtype=str) for k in ("from", "to", "what")}
+        cols |= {k: pd.Series([s.get(k) for s in shifts], dtype="float64") for k in ("layers", "relative_depth")}
+        cols["sentence"] = pd.Series([s.get("sentence") for s in shifts], dtype=str)
+        return pd.DataFrame(cols)
+
+    def models_table(self):
+        """One row per compared model: ``name``, ``depth``, ``best_probe``, ``saturation_layer``, ``useful_depth``,
+        ``tradeoff_onset_layer``, ``run_dir``.
+
+        Example:
+            >>> cmp.models_table().set_index("name")["useful_depth"]  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        keys = ("name", "depth", "best_probe", "saturation_layer", "useful_depth", "tradeoff_onset_layer", "run_dir")
+        table = [{k: m.get(k) for k in keys} | {"run_dir": str(d)}
+                 for m, d in zip(self.data["models"], self.run_dirs, strict=True)]
+        return pd.DataFrame(table, columns=list(keys))
+
+    def __repr__(self) -> str:
+        return (f"CompareResults({' → '.join(self.models)}: {len(self.data['shifts'])} shifts; "
+                f"path {self.path})")
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for m in self.data["models"]:
+            useful = m.get("useful_depth")
+            rows.append((m["name"], f"depth {m.get('depth')}, effective depth "
+                         + ("—" if not _is_number(useful) else f"{useful:.2f}")
+                         + f", saturation layer {m.get('saturation_layer')}"))
+        rows += [("shift", s.get("sentence", "")) for s in self.data["shifts"][:6]]
+        if len(self.data["shifts"]) > 6:
+            rows.append(("", f"… {len(self.data['shifts']) - 6} more shifts (to_pandas())"))
+        rows.append(("path", str(self.path)))
+        return _card(f"vitdepth comparison: {' → '.join(self.models)}", rows)
+
+
+def load_compare(compare_dir: str | Path) -> CompareResults:
+    """Load a comparison directory written by ``vitdepth compare`` (or :func:`vitdepth.compare_runs`).
+
+    Args:
+        compare_dir: the comparison's output directory (holds ``compare.json``).
+
+    Returns:
+        The comparison; its runs load on first use of :attr:`CompareResults.runs`.
+
+    Raises:
+        VitdepthError: no ``compare.json``, or one that is not JSON or lacks ``models`` / ``shifts``; one line
+            naming the file and the fix.
+
+    Example:
+        >>> cmp = vitdepth.load_compare("runs/compare")  # doctest: +SKIP
+        >>> cmp.models  # doctest: +SKIP
+        ['ViT-S', 'ViT-B', 'ViT-L']
+    """
+    path = Path(compare_dir)
+    file = path / "compare.json"
+    fix = "re-run vitdepth compare"
+    if not file.is_file():
+        raise VitdepthError(f"{path} is not a vitdepth comparison directory (needs compare.json); create one with "
+                            "vitdepth compare RUN_DIR RUN_DIR ... --out DIR")
+    data = _read_json(file, fix)
+    if not isinstance(data, dict):
+        raise VitdepthError(f"{file} holds a JSON {type(data).__name__}, not an object; {fix}")
+    models, shifts = data.get("models"), data.get("shifts")
+    if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                               and isinstance(m.get("run_dir"), str) for m in models):
+        raise VitdepthError(f"{file}: models is not a list of {{name, run_dir, ...}} objects; {fix}")
+    if not isinstance(shifts, list) or not all(isinstance(s, dict) for s in shifts):
+        raise VitdepthError(f"{file}: shifts is not a list of objects; {fix}")
+    return CompareResults(path, data)
