@@ -111,8 +111,16 @@ def run_dir(tmp_path) -> Path:
     return d
 
 
-def _assert_self_contained(text: str) -> None:
+def _assert_self_contained(text: str, inline_script: bool = False) -> None:
+    """No external reference: no URL, link, import or fetch; with ``inline_script``, inline JS (no src) is allowed."""
     low = text.lower()
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", low, flags=re.S)
+    if inline_script:
+        for attrs, body in scripts:
+            assert "src" not in attrs, attrs
+            for bad in ("fetch(", "xmlhttprequest", "import(", "import ", "websocket", "document.write", "eval("):
+                assert bad not in body, bad
+        low = re.sub(r"<script>.*?</script>", "", low, flags=re.S)
     for bad in ("http://", "https://", 'src="http', "<link", "<script", "@import", "url("):
         assert bad not in low, bad
     # the only resources are inline PNGs, the only links in-page anchors
@@ -274,14 +282,16 @@ def test_compare_report(compare_dir, run_dir):
     out = write_compare_report(compare_dir)
     assert out == compare_dir / "report.html"
     text = out.read_text()
-    _assert_self_contained(text)
+    _assert_self_contained(text, inline_script=True)
     pngs = sorted((compare_dir / "figures").glob("*.png"))
     assert text.count(PNG_URI) == len(pngs) == 3
     assert sorted(_embedded_pngs(text)) == sorted(p.read_bytes() for p in pngs)
     assert EVIL not in text and EVIL_ESC in text
     summary = _section(text, "summary")
     assert f"{EVIL_ESC} reaches the trade-off 10 layers later than B" in summary
-    assert "B saturates at the same layer as S" in summary
+    # a zero shift is a table row, not a sentence (only the top shifts and the trade-off onset are written out)
+    assert "B saturates at the same layer as S" not in summary
+    assert re.search(r"<td>saturation</td><td>S</td><td>B</td><td[^>]*>0</td>", summary)
     assert "Freeze layers 0–9 of B" in summary
     for expected in ("cliff-plateau-climb", "cliff-climb", "0.58", "0.71", "17", "0.12, 0.83", "2, 9", "3, 20",
                      "[1, 3], [8, 10]", "41.0%", "38.0%", "0.004"):
@@ -308,7 +318,7 @@ def test_compare_report_mixed_data_and_minimal(tmp_path, compare_dir):
     (bare / "compare.json").write_text("{}")
     text = write_compare_report(bare).read_text()
     assert "No figures" in text and PNG_URI not in text
-    _assert_self_contained(text)
+    _assert_self_contained(text, inline_script=True)
     with pytest.raises(VitdepthError, match="compare.json"):
         write_compare_report(tmp_path / "nowhere")
 
@@ -337,3 +347,243 @@ def test_report_of_a_real_run(tmp_path):
     if (run / "phases.json").is_file():
         assert "Phases" in _section(text, "summary")
     assert text.index('id="summary"') < text.index('id="family-') < text.index('id="provenance"')
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 13 item 3: the report, tightened
+# ----------------------------------------------------------------------------------------------
+
+
+def _png_stems(text: str, fig_dir: Path) -> list[str]:
+    """Stems of the PNGs in ``fig_dir`` that the report embeds as ``<img>``, in page order."""
+    by_bytes = {p.read_bytes(): p.stem for p in fig_dir.glob("*.png")}
+    imgs = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    return [by_bytes[base64.b64decode(b)] for b in imgs]
+
+
+def _check_axes(fig, what: str) -> None:
+    """Every visible panel has a y label (with units or range) and an x label; the title fits the figure."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert visible, what
+    for ax in visible:
+        ylabel = ax.get_ylabel()
+        assert ylabel and ylabel != ax.get_title(), (what, ax.get_title())
+        assert "(" in ylabel, (what, ylabel)  # units or range in brackets
+        assert ax.get_xlabel(), what
+    fig_box = fig.bbox
+    title = fig._suptitle
+    assert title is not None and title.get_text(), what
+    box = title.get_window_extent(renderer)
+    assert box.x0 >= fig_box.x0 - 1 and box.x1 <= fig_box.x1 + 1, (what, title.get_text())
+    for ax in visible:  # panel titles too: no clipping at the figure's edges
+        b = ax.title.get_window_extent(renderer)
+        assert b.x0 >= fig_box.x0 - 1 and b.x1 <= fig_box.x1 + 1, (what, ax.get_title())
+
+
+def test_every_embedded_run_figure_has_y_labels(run_dir):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from vitdepth.report.figures import MAX_COLS, run_figures, write_run_figures
+    from vitdepth.results import load_run
+
+    fig_dir = run_dir / "figures"
+    for p in fig_dir.iterdir():  # drop the hand-made placeholders: only real figures
+        p.unlink()
+    res = load_run(run_dir)
+    write_run_figures(run_dir, res.rows, res.model, formats=("png",), phases=PHASES)
+    text = write_run_report(run_dir).read_text()
+    stems = _png_stems(text, fig_dir)
+    assert stems and text.count("<img ") == len(stems) == len(list(fig_dir.glob("*.png")))
+    figs = run_figures(res.rows, res.model, PHASES)
+    try:
+        assert set(stems) == set(figs)  # every embedded image is one of the inspected figures
+        for stem in stems:
+            _check_axes(figs[stem], stem)
+            grid = figs[stem].axes[0].get_subplotspec().get_gridspec()
+            assert grid.ncols <= MAX_COLS
+        # five collapse metrics: a grid of rows of at most three panels, not one long strip
+        many = [{**r, "metric": m} for r in res.rows if r["metric"] == "nc1"
+                for m in ("nc1", "nc2_norm", "nc2_angle", "nc3", "nc4")]
+        collapse = run_figures(many, "m")["collapse"]
+        shape = collapse.axes[0].get_subplotspec().get_gridspec().get_geometry()
+        assert shape == (2, 3) and sum(ax.get_visible() for ax in collapse.axes) == 5
+        _check_axes(collapse, "collapse")
+        plt.close(collapse)
+    finally:
+        for f in figs.values():
+            plt.close(f)
+
+
+def test_compare_figures_have_y_labels(run_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from vitdepth.compare import OVERLAY
+    from vitdepth.report.figures import compare_figures
+    from vitdepth.results import load_run
+
+    runs = [load_run(run_dir), load_run(run_dir)]
+    figs = compare_figures(runs, [PHASES, PHASES], ["A", "B"], OVERLAY)
+    try:
+        assert {"token_sim", "probe_acc/mean", "isi_attn"} <= set(figs)
+        for key, fig in figs.items():
+            _check_axes(fig, key)
+    finally:
+        for f in figs.values():
+            plt.close(f)
+
+
+def test_run_report_opens_with_a_verdict(run_dir):
+    text = write_run_report(run_dir).read_text()
+    header = text[text.index("<header>"):text.index("</header>")]
+    verdicts = re.findall(r'<p class="verdict">(.*?)</p>', header)
+    assert len(verdicts) == 1 and text.count('class="verdict"') == 1
+    v = verdicts[0]
+    for expected in ("token_sim cliff-plateau-climb", "probe_acc/mean plateau-climb-plateau",
+                     "effective depth: layer 3 of 4", "useful depth 0.75", "main recommendation: freeze layers 0–2"):
+        assert expected in v, expected
+    (run_dir / "phases.json").unlink()
+    text = write_run_report(run_dir).read_text()
+    assert "no phase fits" in re.findall(r'<p class="verdict">(.*?)</p>', text)[0]
+
+
+def test_run_report_collapses_formulas_and_tables(run_dir):
+    text = write_run_report(run_dir).read_text()
+    for fam in ("similarity", "isi", "probe", "collapse"):
+        section = _section(text, f"family-{fam}")
+        # every formula and every table of a family sits inside a closed <details>
+        outside = re.sub(r"<details>.*?</details>", "", section, flags=re.S)
+        assert "<table" not in outside and "Formula:" not in outside, fam
+        assert "<details open" not in section
+        assert section.count("<details>") == 2, fam
+
+
+def _shift(i: int, layers: float, what: str = "boundary") -> dict:
+    return {"from": f"M{i}", "to": f"M{i + 1}", "what": what, "layers": layers, "relative_depth": layers / 12,
+            "sentence": f"M{i + 1} reaches the {what} {abs(layers):g} layers {'later' if layers > 0 else 'earlier'}"}
+
+
+def test_compare_report_one_sorted_shift_table_and_few_sentences(compare_dir):
+    cmp = json.loads((compare_dir / "compare.json").read_text())
+    shifts = [_shift(i, v) for i, v in enumerate((1, -9, 3, 0.5, 4, -2, 7, 0))]
+    shifts.append(_shift(8, 2, "trade-off onset"))
+    cmp["shifts"] = shifts
+    (compare_dir / "compare.json").write_text(json.dumps(cmp))
+    text = write_compare_report(compare_dir).read_text()
+    _assert_self_contained(text, inline_script=True)
+    summary = _section(text, "summary")
+    # exactly one table of shifts, holding every shift once
+    assert summary.count('<table class="sortable"') == 1 and text.count('id="shifts"') == 1
+    table = summary[summary.index('id="shifts"'):]
+    table = table[:table.index("</table>")]
+    body = re.findall(r"<tr>(.*?)</tr>", table)[1:]
+    assert len(body) == len(shifts)
+    # sorted by magnitude, largest first; the sort keys are the magnitudes
+    keys = [float(re.findall(r'data-v="([^"]*)"', row)[0]) for row in body]
+    assert keys == sorted(keys, reverse=True) == [9, 7, 4, 3, 2, 2, 1, 0.5, 0]
+    # the full list of sentences is not repeated: the top three shifts and the trade-off onset only
+    sentences = re.findall(r"<li>(.*?)</li>", summary.split('id="shifts"')[0].split("Shifts between models")[1])
+    assert sentences == [s["sentence"] for s in (shifts[1], shifts[6], shifts[4], shifts[8])]
+    for s in shifts:
+        assert summary.count(html.escape(s["sentence"])) <= 1
+    # the header sort is inline script only: no src, no network
+    assert re.search(r"<script>[^<]*addEventListener", text) and "<script src" not in text
+
+
+def test_key_shift_sentences_edge_cases():
+    from vitdepth.report.html import key_shift_sentences
+
+    assert key_shift_sentences([]) == []
+    zero = [_shift(0, 0), {"what": "x", "layers": None}]
+    assert key_shift_sentences(zero) == []  # zero or unknown shifts make no sentence
+    onset = _shift(0, 0, "trade-off onset")
+    assert key_shift_sentences([onset]) == [onset["sentence"]]  # the onset is always said
+
+
+# recommendation wording per fit shape (phases.freeze_recommendation / recommendations)
+
+def _fit(label: str, breakpoints, slopes, depth: int = 12) -> dict:
+    return {"label": label, "breakpoints": list(breakpoints), "slopes": list(slopes), "depth": depth,
+            "x": [-1.0, *map(float, range(depth + 1))]}
+
+
+@pytest.mark.parametrize("fit, must, must_not", [
+    # the user's case: a rise-plateau whose plateau starts at layer 1 (R 0 0): the plateau is the tail
+    (_fit("rise-plateau", (1, 5), (9.0, 0.05, 0.0)), ["Freeze layers 0–1 ", "levels off at layer 1",
+                                                       "flat to the last layer"], ["end of the plateau"]),
+    (_fit("rise-plateau", (1, 4), (9.0, 2.0, 0.1)), ["Freeze layers 0–4 ", "levels off at layer 4"],
+     ["end of the plateau"]),
+    (_fit("plateau-climb-plateau", (0, 1), (0.0, 10.0, 0.1)), ["Freeze layers 0–1 ", "levels off at layer 1"],
+     ["end of the plateau"]),
+    (_fit("cliff-plateau", (2, 6), (-5.0, -4.0, 0.0)), ["Freeze layers 0–6 ", "levels off at layer 6"],
+     ["end of the plateau"]),
+    # a middle plateau ends where the curve moves again: there "before the end of the plateau" is right
+    (_fit("cliff-plateau-climb", (2, 8), (-3.0, 0.0, 1.5)), ["Freeze layers 0–8 ", "before the end of the plateau",
+                                                             "from layer 2 to layer 8"], ["levels off"]),
+    (_fit("plateau-climb", (3, 6), (0.0, 0.1, 2.0)), ["Freeze layers 0–6 ", "flat up to layer 6"],
+     ["levels off"]),
+    (_fit("rise-plateau", (0, 5), (9.0, 0.0, 0.0)), ["Freeze layer 0 ", "levels off at layer 0"],
+     ["end of the plateau", "0–0"]),
+])
+def test_freeze_recommendation_wording_per_shape(fit, must, must_not):
+    from vitdepth.phases import freeze_recommendation, label_shape
+
+    assert label_shape(fit["slopes"]) == fit["label"]
+    rec = freeze_recommendation(fit, "probe_acc/mean")
+    for text in must:
+        assert text in rec, (text, rec)
+    for text in must_not:
+        assert text not in rec, (text, rec)
+
+
+def test_freeze_recommendation_without_a_plateau_uses_saturation():
+    from vitdepth.phases import freeze_recommendation
+
+    fit = _fit("monotone-rise", (3, 8), (1.0, 0.8, 0.5))
+    assert freeze_recommendation(fit, "probe_acc/mean") is None  # no plateau, no saturation: nothing to say
+    rec = freeze_recommendation(fit, "probe_acc/mean", {"layer": "6", "fraction": 0.99})
+    assert rec.startswith("Freeze layers 0–6 ") and "no plateau" in rec and "99%" in rec
+    assert "plateau (" not in rec and "end of the plateau" not in rec
+    flat = freeze_recommendation(_fit("flat", (3, 8), (0.0, 0.0, 0.0)), "token_sim")
+    assert flat is None
+    assert "Freeze" not in freeze_recommendation(_fit("flat", (3, 8), (0.0, 0.0, 0.0)), "token_sim", {"layer": "2"})
+
+
+def test_recommendations_from_a_real_fit_of_a_rise_plateau_curve():
+    """fit_three_segments on a curve that rises for one layer, then stays flat: the user's report."""
+    import numpy as np
+
+    from vitdepth.phases import fit_three_segments, recommendations
+
+    depth = 12
+    x = np.arange(-1, depth + 1, dtype=float)
+    y = np.where(x < 1, 0.3 + 0.3 * (x + 1), 0.9) + 0.002 * np.sin(x)
+    fit = fit_three_segments(x, y, depth)
+    assert fit.label == "rise-plateau"
+    phases = {"fits": {"probe_acc/mean": {**fit.to_dict(), "x": x.tolist()}},
+              "saturation": {"mean": {"layer": "1", "fraction": 0.99}},
+              "truncation": {"layer": "1", "flops_fraction_saved": 0.9, "latency_fraction_saved": 0.85,
+                             "probe_acc_lost": 0.001},
+              "tradeoff_onset": {"layer": "1", "isi_metric": "isi_attn", "isi_rise_after": 0.02}}
+    recs = recommendations(phases, depth)
+    assert len(recs) == 3
+    assert recs[0].startswith("Freeze layers 0–1 ") and "end of the plateau" not in recs[0]
+    assert "levels off at layer 1" in recs[0]
+    assert recs[1].startswith("Truncating after block 1 of 12 saves 90%")
+    assert "isi_attn still rises by 0.0200" in recs[2]
+
+
+def test_phase_summary_text(run_dir):
+    from vitdepth.report.summary import phase_summary
+
+    text = phase_summary(run_dir)
+    lines = text.splitlines()
+    assert lines[1].startswith("  verdict: token_sim cliff-plateau-climb")
+    assert "effective depth: mean probe reaches 99%" in text and "trade-off onset: layer 3" in text
+    recs = [ln for ln in lines if ln.startswith("  recommendation: ")]
+    assert [r.removeprefix("  recommendation: ") for r in recs] == PHASES["recommendations"]
+    (run_dir / "phases.json").unlink()
+    assert phase_summary(run_dir).endswith("no phases.json")

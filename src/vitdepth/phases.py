@@ -48,7 +48,10 @@ __all__ = [
     "bootstrap_breakpoints",
     "classify_slope",
     "fit_three_segments",
+    "freeze_recommendation",
     "label_shape",
+    "layer_position",
+    "recommendations",
     "saturation_layer",
     "tradeoff_onset",
 ]
@@ -741,3 +744,146 @@ def tradeoff_onset(x: np.ndarray, acc: np.ndarray, isi: np.ndarray, depth: int,
         "isi_last_x": float(xa[last]),
         "isi_rise_after": _json_float(isi_last - isi_at),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Recommendations (plain-language text from a phases dict, as written to phases.json)
+# --------------------------------------------------------------------------------------------
+
+
+def _layer_word(x: float) -> str:
+    return "pre" if x < 0 else f"{int(round(x))}"
+
+
+def _freeze_span(x: float) -> str | None:
+    """``layers 0–b`` for a freeze point b (``layer 0`` for 0); None before block 0 (nothing to freeze)."""
+    b = int(round(x))
+    if b < 0:
+        return None
+    return "layer 0" if b == 0 else f"layers 0–{b}"
+
+
+def _runs(fit: dict[str, Any], thresholds: PhaseThresholds) -> list[tuple[str, float, float]]:
+    """(segment class, start x, end x) of each run of equal neighbouring segment classes of a fit dict."""
+    k1, k2 = (float(b) for b in fit["breakpoints"])
+    xs = [float(v) for v in fit.get("x") or []]
+    depth = fit.get("depth")
+    lo = min(xs) if xs else -1.0
+    hi = max(xs) if xs else float(depth if depth else k2)
+    bounds = [lo, k1, k2, hi]
+    runs: list[tuple[str, float, float]] = []
+    for i, s in enumerate(fit["slopes"]):
+        c = classify_slope(float(s), thresholds)
+        if runs and runs[-1][0] == c:
+            runs[-1] = (c, runs[-1][1], bounds[i + 1])
+        else:
+            runs.append((c, bounds[i], bounds[i + 1]))
+    return runs
+
+
+def freeze_recommendation(fit: dict[str, Any], curve: str, saturation: dict[str, Any] | None = None,
+                          thresholds: PhaseThresholds = _DEFAULT_THRESHOLDS) -> str | None:
+    """The fine-tuning freeze advice for one fitted curve, worded for its shape.
+
+    The freeze point is where the curve stops changing for good or, failing that, where it starts
+    changing: the start of a *tail* plateau (``rise-plateau``, ``cliff-plateau``, ...: the curve has
+    levelled off there and stays flat to the last layer), else the end of a leading or middle plateau
+    (``cliff-plateau-climb``, ``plateau-climb``: the layers before the curve moves again), else — no
+    plateau at all (``monotone-rise``, ``cliff-climb``, ...) — the probe's saturation layer when known.
+    A tail plateau is never described by its "end": it ends at the last layer.
+
+    Args:
+        fit: A fit as in ``phases.json`` (``breakpoints``, ``slopes``, ``label``; ``x`` and ``depth`` when known).
+        curve: The curve's name, e.g. ``"probe_acc/mean"``.
+        saturation: ``phases.json``'s saturation entry of the main token set (``layer``, ``fraction``), or None.
+        thresholds: The cuts the fit was labelled with.
+
+    Returns:
+        One sentence, or None when nothing can be said (no plateau and no saturation layer).
+
+    Examples:
+        >>> fit = {"breakpoints": [1.0, 2.0], "slopes": [9.3, 1.6, 0.1], "label": "rise-plateau", "depth": 12}
+        >>> rec = freeze_recommendation(fit, "probe_acc/cls")  # R R 0: the plateau is the tail, from layer 2
+        >>> rec[:len("Freeze layers 0–2 when fine-tuning")], "levels off at layer 2" in rec, "end of the plateau" in rec
+        ('Freeze layers 0–2 when fine-tuning', True, False)
+    """
+    label = fit.get("label", "?")
+    sat_txt = ""
+    if saturation and saturation.get("layer") is not None:
+        sat_txt = (f"; the probe reaches {float(saturation.get('fraction', 0.99)):.0%} of its best accuracy at layer "
+                   f"{saturation['layer']}")
+    runs = _runs(fit, thresholds)
+    flats = [i for i, r in enumerate(runs) if r[0] == "flat"]
+    if label == "flat" or len(runs) == 1 and runs[0][0] == "flat":
+        return (f"The {curve} curve is flat across depth (no phase to freeze by){sat_txt}."
+                if sat_txt else None)
+    tail = flats and flats[-1] == len(runs) - 1 and len(runs) > 1
+    if tail:
+        start = runs[-1][1]
+        span = _freeze_span(start)
+        if span is None:
+            return None
+        return (f"Freeze {span} when fine-tuning: the {label} fit of {curve} levels off at layer "
+                f"{_layer_word(start)} and stays flat to the last layer{sat_txt}.")
+    if flats:  # a leading or middle plateau: the curve moves again after it
+        _, start, end = runs[flats[0]]
+        span = _freeze_span(end)
+        if span is None:
+            return None
+        where = "up to" if flats[0] == 0 else f"from layer {_layer_word(start)} to"
+        return (f"Freeze {span} when fine-tuning: they lie before the end of the plateau (flat {where} layer "
+                f"{_layer_word(end)}) of the {label} fit of {curve}, after which the curve changes again{sat_txt}.")
+    if sat_txt:
+        sat_x = layer_position(saturation["layer"])
+        span = _freeze_span(sat_x)
+        if span is None:
+            return (f"The {label} fit of {curve} has no plateau, and the probe already saturates before block 0: "
+                    "the blocks add little for this task.")
+        return (f"Freeze {span} when fine-tuning: the {label} fit of {curve} has no plateau, and the probe reaches "
+                f"{float(saturation.get('fraction', 0.99)):.0%} of its best accuracy at layer {saturation['layer']}.")
+    return None
+
+
+def layer_position(layer: object) -> float:
+    """x position of a layer name: ``pre`` -> -1, ``"7"`` -> 7."""
+    return -1.0 if str(layer) == "pre" else float(layer)  # type: ignore[arg-type]
+
+
+def recommendations(phases: dict[str, Any], depth: int) -> list[str]:
+    """Plain-language recommendations from a phases dict (the ``phases.json`` content, before or after writing).
+
+    1. Freezing, from the ``probe_acc/mean`` fit (else ``token_sim``), worded for its shape
+       (:func:`freeze_recommendation`).
+    2. Truncation: FLOPs and latency saved by cutting at the saturation layer, against the accuracy change.
+    3. The information–task trade-off: how much ISI still rises after the probe saturates.
+
+    Args:
+        phases: Dict with ``fits``, ``saturation``, and optionally ``thresholds``, ``truncation``, ``tradeoff_onset``.
+        depth: Number of blocks L.
+
+    Returns:
+        The recommendations, in that order (empty when nothing applies).
+    """
+    recs: list[str] = []
+    fits = phases.get("fits") or {}
+    key = "probe_acc/mean" if "probe_acc/mean" in fits else ("token_sim" if "token_sim" in fits else None)
+    try:
+        thresholds = PhaseThresholds(**phases["thresholds"]) if phases.get("thresholds") else _DEFAULT_THRESHOLDS
+    except (TypeError, VitdepthError):
+        thresholds = _DEFAULT_THRESHOLDS
+    if key is not None:
+        sats = phases.get("saturation") or {}
+        sat = sats.get("mean") or sats.get("cls")
+        rec = freeze_recommendation(fits[key], key, sat, thresholds)
+        if rec:
+            recs.append(rec)
+    trunc = phases.get("truncation")
+    if trunc:
+        recs.append(f"Truncating after block {trunc['layer']} of {depth} saves {trunc['flops_fraction_saved']:.0%} of "
+                    f"the forward FLOPs ({trunc.get('latency_fraction_saved', float('nan')):.0%} measured latency) "
+                    f"for a probe accuracy change of {-trunc['probe_acc_lost']:+.3f}.")
+    onset = phases.get("tradeoff_onset")
+    if onset and onset.get("isi_rise_after") is not None and onset["isi_rise_after"] > 0:
+        recs.append(f"After layer {onset['layer']} the probe accuracy has saturated but {onset['isi_metric']} still "
+                    f"rises by {onset['isi_rise_after']:.4f}: the remaining depth buys diffusion, not accuracy.")
+    return recs

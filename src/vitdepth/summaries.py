@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import VitdepthError
-from .phases import PhaseThresholds, bootstrap_breakpoints, fit_three_segments, saturation_layer, tradeoff_onset
+from .phases import (
+    PhaseThresholds,
+    bootstrap_breakpoints,
+    fit_three_segments,
+    recommendations,
+    saturation_layer,
+    tradeoff_onset,
+)
 from .results import layer_order, load_run
 
 # (metric, token_set) curves that get a phase fit when present
@@ -132,19 +139,4 @@ def build_phases(run_dir: str | Path, thresholds: PhaseThresholds | None = None,
 
 
 def _recommendations(out: dict, depth: int) -> list[str]:
-    recs = []
-    fit = out["fits"].get("probe_acc/mean") or out["fits"].get("token_sim")
-    if fit is not None:
-        plateau_end = int(max(0, round(fit["breakpoints"][1])))
-        recs.append(f"Freeze layers 0–{plateau_end} when fine-tuning: they lie before the end of the plateau "
-                    f"({fit['label']} fit of {'probe_acc/mean' if 'probe_acc/mean' in out['fits'] else 'token_sim'}).")
-    trunc = out.get("truncation")
-    if trunc:
-        recs.append(f"Truncating after block {trunc['layer']} of {depth} saves {trunc['flops_fraction_saved']:.0%} of "
-                    f"the forward FLOPs ({trunc.get('latency_fraction_saved', float('nan')):.0%} measured latency) "
-                    f"for a probe accuracy change of {-trunc['probe_acc_lost']:+.3f}.")
-    onset = out.get("tradeoff_onset")
-    if onset and onset["isi_rise_after"] > 0:
-        recs.append(f"After layer {onset['layer']} the probe accuracy has saturated but {onset['isi_metric']} still "
-                    f"rises by {onset['isi_rise_after']:.4f}: the remaining depth buys diffusion, not accuracy.")
-    return recs
+    return recommendations(out, depth)  # worded per fit shape in phases.py (issue 13)

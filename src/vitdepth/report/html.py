@@ -3,8 +3,14 @@
 The reports read only saved results: ``run.json``, ``layers.csv``, ``phases.json`` (when present) and
 ``figures/*.png`` of a run; ``compare.json`` and ``figures/*.png`` of a comparison. They never touch a model.
 
-A report is one file that opens offline and reads without the tool: no scripts, no stylesheet or font
-links, figures embedded as base64 ``data:`` URIs, inline CSS. Every piece of text that comes from data
+A report is one file that opens offline and reads without the tool: no stylesheet, font or script
+links, figures embedded as base64 ``data:`` URIs, inline CSS. The run report has no script at all; the
+compare report carries a few lines of inline JavaScript that sort its shift table by a clicked header
+(the table is already sorted by magnitude, so it reads the same without them).
+
+The run report opens with a one-line verdict (:func:`vitdepth.report.summary.verdict_line`); formulas
+and per-layer tables sit in closed ``<details>`` blocks under each figure, so the page is mostly the
+figures and the summary. Every piece of text that comes from data
 (model and class names, paths, spec strings, warnings, values) goes through :func:`_e`, which escapes it
 with :func:`html.escape` and breaks ``scheme://`` sequences so that no URL, even one inside a data string,
 appears in the output.
@@ -22,6 +28,7 @@ from typing import Any
 
 from ..metrics.catalog import FAMILIES, METRICS
 from ..results import layer_order, load_run
+from .summary import verdict_line
 
 __all__ = ["write_compare_report", "write_run_report"]
 
@@ -48,6 +55,8 @@ details{margin:.5em 0}summary{cursor:pointer;font-weight:600}
 pre{background:#f7f7f9;padding:.6em;overflow-x:auto;font-size:.8em;max-height:32em}
 code{font-family:ui-monospace,Menlo,Consolas,monospace}
 nav.toc{font-size:.9em;color:#555}nav.toc a{margin-right:.9em}
+p.verdict{font-size:1.05em;background:#eef5ff;border-left:4px solid #3b7ddd;padding:.5em .8em;margin:.6em 0 1em}
+table.sortable th{cursor:pointer}table.sortable th:after{content:" \2195";color:#aaa}
 """
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(?=//)")
@@ -334,6 +343,7 @@ def _series_key(metric: str, token_set: str) -> str:
 
 def _family_section(fam_id: str, title: str, metric_ids: list[str], rows: list[dict], fig_dir: Path,
                     embedded: set[Path]) -> str:
+    """A family's figure, then two closed ``<details>``: formulas and readings, and the per-layer table."""
     out = [f'<section id="family-{_e(fam_id)}"><h2>{_e(title)}</h2>']
     png = fig_dir / f"{fam_id}.png"
     if png.is_file():
@@ -341,17 +351,20 @@ def _family_section(fam_id: str, title: str, metric_ids: list[str], rows: list[d
         embedded.add(png.resolve())
     else:
         out.append(f'<p class="note">No figure figures/{_e(fam_id)}.png in this run directory.</p>')
+    formulas = []
     for mid in metric_ids:
         info = METRICS.get(mid)
-        out.append(f'<div class="metric"><h3 id="metric-{_e(mid)}">{_e(mid)}</h3>')
+        formulas.append(f'<div class="metric"><h3 id="metric-{_e(mid)}">{_e(mid)}</h3>')
         if info is not None:
-            out.append(f'<p><span class="label">Formula:</span> {_e(info.formula)}</p>')
-            out.append(f'<p><span class="label">Reading:</span> {_e(info.reading)}</p>')
+            formulas.append(f'<p><span class="label">Formula:</span> {_e(info.formula)}</p>')
+            formulas.append(f'<p><span class="label">Reading:</span> {_e(info.reading)}</p>')
             if info.source:
-                out.append(f'<p><span class="label">Source:</span> {_e(info.source)}</p>')
+                formulas.append(f'<p><span class="label">Source:</span> {_e(info.source)}</p>')
         else:
-            out.append("<p>Not in the metric catalogue of this vitdepth version.</p>")
-        out.append("</div>")
+            formulas.append("<p>Not in the metric catalogue of this vitdepth version.</p>")
+        formulas.append("</div>")
+    out.append(f"<details><summary>Formulas and readings ({_e(', '.join(metric_ids))})</summary>"
+               + "".join(formulas) + "</details>")
     # one compact table: layers as rows, one column per (metric, token set)
     series: dict[tuple[str, str], dict[str, dict]] = {}
     for r in rows:
@@ -378,9 +391,10 @@ def _family_section(fam_id: str, title: str, metric_ids: list[str], rows: list[d
             cells.append(cell)
         table_rows.append(cells)
     if keys:
-        out.append('<p class="sub">Per-layer values, 95% CI in brackets (bootstrap over images for per-image '
-                   "metrics, Wilson for probes; none for whole-split statistics).</p>")
-        out.append(_table(head, table_rows, frozenset(range(1, len(head)))))
+        out.append(f"<details><summary>Per-layer values ({len(layers)} layers × {len(keys)} curves)</summary>"
+                   '<p class="sub">95% CI in brackets (bootstrap over images for per-image metrics, Wilson for '
+                   "probes; none for whole-split statistics).</p>"
+                   + _table(head, table_rows, frozenset(range(1, len(head)))) + "</details>")
     out.append("</section>")
     return "\n".join(out)
 
@@ -471,7 +485,12 @@ def write_run_report(run_dir: str | Path) -> Path:
     toc = ['<a href="#summary">Summary</a>']
     toc += [f'<a href="#family-{_e(f)}">{_e(t)}</a>' for f, t, _ in families]
     toc.append('<a href="#provenance">Provenance</a>')
-    parts.append('<nav class="toc">' + "".join(toc) + "</nav></header>")
+    parts.append('<nav class="toc">' + "".join(toc) + "</nav>")
+    verdict = verdict_line(phases, _get(run, "model", "depth")) if isinstance(phases, dict) else ""
+    parts.append(f'<p class="verdict"><strong>Verdict:</strong> {_e(verdict)}</p>' if verdict else
+                 '<p class="verdict"><strong>Verdict:</strong> no phase fits in this run directory (phases.json '
+                 f"{_e(phases_err or 'holds none')}).</p>")
+    parts.append("</header>")
     parts.append(_summary_run(run, rows, phases, phases_err))
     embedded: set[Path] = set()
     for fam_id, title, ids in families:
@@ -531,7 +550,20 @@ def _compare_summary(cmp: dict) -> str:
                 if k not in curves:
                     curves.append(k)
         if curves:
-            out.append("<h3>Phase boundaries</h3>")
+            out.append("<h3>Phase fits</h3>")
+            shape_rows = []
+            for c in curves:
+                cells = [f"<code>{_e(c)}</code>"]
+                for m in models:
+                    p = (m.get("phases") or {}).get(c)
+                    if isinstance(p, dict):
+                        bl = ", ".join(str(b) for b in p.get("breakpoints_layer") or [])
+                        cells.append(_e(p.get("label", "—")) + (f' <span class="ci">({_e(bl)})</span>' if bl else ""))
+                    else:
+                        cells.append("—")
+                shape_rows.append(cells)
+            out.append('<p class="sub">Shape per curve and model, boundaries (layers) in brackets.</p>')
+            out.append(_table(["curve", *[str(m.get("name", "?")) for m in models]], shape_rows))
             rows = []
             for c in curves:
                 for m in models:
@@ -546,24 +578,79 @@ def _compare_summary(cmp: dict) -> str:
                                  _e(", ".join(str(b) for b in bl)) or "—",
                                  ", ".join(_rel(b) for b in bd) or "—",
                                  f'<span class="ci">{", ".join(cis)}</span>' if any(cis) else "—"])
-            out.append(_table(["curve", "model", "shape", "boundaries (layers)", "boundaries (relative depth)",
-                               "boundary CIs (layers)"], rows))
+            out.append(f"<details><summary>All fits ({len(rows)} rows: curve × model)</summary>"
+                       + _table(["curve", "model", "shape", "boundaries (layers)", "boundaries (relative depth)",
+                                 "boundary CIs (layers)"], rows) + "</details>")
     else:
         out.append("<p>compare.json lists no models.</p>")
     shifts = [s for s in cmp.get("shifts") or [] if isinstance(s, dict)]
     if shifts:
         out.append("<h3>Shifts between models</h3>")
-        out.append(_ul([s["sentence"] for s in shifts if s.get("sentence")]))
-        rows = [[_e(s.get("from", "?")), _e(s.get("to", "?")), _e(s.get("what", "?")),
-                 _num(s.get("layers"), 3), _rel(s.get("relative_depth"))] for s in shifts]
-        out.append(_table(["from", "to", "what", "shift (layers)", "shift (relative depth)"], rows,
-                          frozenset({3, 4})))
+        out.append(_ul(key_shift_sentences(shifts)))
+        out.append(_shift_table(shifts))
     recs = cmp.get("recommendations")
     if isinstance(recs, list) and recs:
         out.append("<h3>Recommendations</h3>")
         out.append(_ul(recs, "rec"))
     out.append("</section>")
     return "\n".join(out)
+
+
+def _magnitude(shift: dict) -> float:
+    """|shift in layers| for sorting; a missing or non-numeric shift sorts last."""
+    v = shift.get("layers")
+    return abs(float(v)) if _finite(v) else -1.0
+
+
+def key_shift_sentences(shifts: list[dict], top: int = 3) -> list[str]:
+    """The few shift sentences worth reading: the ``top`` largest shifts, then every trade-off onset shift.
+
+    Shifts of 0 layers are left out of the top ones; the table beside the sentences lists every shift.
+    """
+    ranked = sorted((s for s in shifts if _magnitude(s) > 0), key=_magnitude, reverse=True)[:top]
+    onsets = [s for s in shifts if s.get("what") == "trade-off onset"]
+    chosen = ranked + [s for s in onsets if s not in ranked]
+    return [str(s["sentence"]) for s in chosen if s.get("sentence")]
+
+
+# sorts a table.sortable by the clicked header: numbers by data-v (else the text), text alphabetically
+_SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (t) {
+  t.querySelectorAll("th").forEach(function (th, i) {
+    th.addEventListener("click", function () {
+      var body = t.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var dir = th.getAttribute("data-dir") === "desc" ? 1 : -1;
+      th.setAttribute("data-dir", dir === 1 ? "asc" : "desc");
+      function key(r) {
+        var c = r.cells[i];
+        return c.hasAttribute("data-v") ? c.getAttribute("data-v") : c.textContent;
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
+        return dir * ((isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny);
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def _shift_table(shifts: list[dict]) -> str:
+    """Every shift in one table, largest |shift| first; headers sort on click (inline script, no links)."""
+    rows = []
+    for s in sorted(shifts, key=_magnitude, reverse=True):
+        dl, dd = s.get("layers"), s.get("relative_depth")
+        when = "" if not _finite(dl) or dl == 0 else (" later" if dl > 0 else " earlier")
+        layers = f"{_num(dl, 3)}{when}" if _finite(dl) else "—"
+        rows.append(f"<tr><td>{_e(s.get('what', '?'))}</td><td>{_e(s.get('from', '?'))}</td>"
+                    f"<td>{_e(s.get('to', '?'))}</td>"
+                    f'<td class="num" data-v="{_magnitude(s):g}">{layers}</td>'
+                    f'<td class="num" data-v="{abs(dd) if _finite(dd) else -1:g}">{_num(dd, 2)}</td></tr>')
+    head = "".join(f"<th>{h}</th>" for h in ("what", "from", "to", "shift (layers)", "shift (relative depth)"))
+    return ('<p class="sub">Every shift, largest first (click a header to sort; shifts sort by magnitude).</p>'
+            f'<div class="scroll"><table class="sortable" id="shifts"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div><script>{_SORT_JS}</script>")
 
 
 def _provenance_compare(cmp: dict, compare_dir: Path) -> str:
