@@ -174,12 +174,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _subparser(sub, "models", "list model adapters and data sources with example specs")
     m = _subparser(sub, "metrics", "list the metric ids with their meaning, or describe one")
     m.add_argument("metric", nargs="?", default=None, help="a metric id (e.g. isi_rec) to describe in full")
-    try:  # `vitdepth export`: logs a finished run to a tracker (its libraries are optional extras)
-        from .export import add_parser as add_export_parser
-    except ImportError:
-        add_export_parser = None
-    if add_export_parser is not None:
-        add_export_parser(sub)
+    from .export import add_parser as add_export_parser  # tracker libraries load only when export runs
+
+    add_export_parser(sub)
     return p
 
 

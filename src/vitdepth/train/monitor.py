@@ -30,16 +30,19 @@ import csv
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._errors import VitdepthError
 from ..analysis.layer_metrics import per_image_values
 from ..models import TappedModel, tap_module
 from ..phases import fit_three_segments
+from ..trackers import Sink, TensorBoardSink, layer_series
 
 MONITOR_METRICS = ("isi_attn", "token_sim", "attn_entropy")
 CSV_HEADER = ["step", "layer", "metric", "value", "loss"]
@@ -56,8 +59,13 @@ class ISIMonitor:
         model: a timm / Hugging Face ViT module or a :class:`TappedModel`.
         images: the fixed held-out batch (B, 3, H, W), already preprocessed.
         every: evaluate every this many steps (and at step 0).
-        out_dir: where ``monitor.csv`` (and TensorBoard events, when installed) go; None logs nothing to disk.
-        tensorboard: write TensorBoard scalars when the package is installed (None = when available).
+        out_dir: where ``monitor.csv`` (and TensorBoard events under ``tensorboard/``, when installed) go; None
+            logs nothing to disk.
+        tensorboard: write TensorBoard scalars to ``out_dir/tensorboard`` (None = when tensorboard is installed;
+            True raises :class:`~vitdepth.VitdepthError` when it is not).
+        sinks: more trackers to log to (:mod:`vitdepth.trackers`: W&B, MLflow, TensorBoard elsewhere); each metric
+            is one chart with one series per layer. :meth:`close` closes them (a sink leaves open a tracker run
+            it did not start).
         log: called with a one-line summary per evaluation (default: stderr); None for silence.
         flat_tol: late-layer range below this fraction of the full range counts as flat.
         loss_drop: relative fall of the mean loss that counts as "still falling".
@@ -68,11 +76,14 @@ class ISIMonitor:
             the loss window and warning state with :meth:`load_state_dict` so the rows equal an uninterrupted run's.
     """
 
+    sinks: Sequence[Sink] = ()  # class defaults: a monitor built with __new__ (tests) logs nowhere
+    _tb: TensorBoardSink | None = None
+
     def __init__(self, model: nn.Module | TappedModel, images: torch.Tensor, every: int = 100,
                  out_dir: str | Path | None = None, tensorboard: bool | None = None,
                  log: Callable[[str], None] | None = lambda s: print(s, file=sys.stderr),
                  flat_tol: float = 0.1, loss_drop: float = 0.01, patience: int = 3, warmup_steps: int = 0,
-                 start_step: int | None = None):
+                 start_step: int | None = None, sinks: Sequence[Sink] | None = None):
         if every < 1:
             raise ValueError(f"The 'every' parameter of ISIMonitor must be an int >= 1. Got {every} instead.")
         self.tapped = model if isinstance(model, TappedModel) else tap_module(model)
@@ -99,12 +110,13 @@ class ISIMonitor:
                 self._writer.writerow(CSV_HEADER)
             if tensorboard is not False:
                 try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
-                except ImportError:
+                    self._tb = TensorBoardSink(self.out_dir / "tensorboard")
+                except VitdepthError:
                     if tensorboard:
                         raise
+        elif tensorboard:
+            raise VitdepthError("ISIMonitor(tensorboard=True) writes to out_dir/tensorboard; pass out_dir")
+        self.sinks = [*([self._tb] if self._tb is not None else []), *(sinks or ())]
 
     @torch.no_grad()
     def compute(self) -> dict[str, dict[str, float]]:
@@ -140,10 +152,9 @@ class ISIMonitor:
                 for layer, v in per_layer.items():
                     self._writer.writerow([step, layer, metric, f"{v:.8g}", f"{mean_loss:.6g}"])
             self._csv.flush()
-        if self._tb is not None:
+        for sink in self.sinks:  # one chart per metric, one series per layer (not metrics x layers charts)
             for metric, per_layer in values.items():
-                for layer, v in per_layer.items():
-                    self._tb.add_scalar(f"{metric}/layer_{layer}", v, step)
+                sink.log_scalars(metric, {layer_series(k): v for k, v in per_layer.items()}, step)
         flat = self.late_layers_flat(values["isi_attn"])
         if self.log is not None:
             isi = values["isi_attn"]
@@ -194,13 +205,13 @@ class ISIMonitor:
         self.warned = bool(state.get("warned", False))
 
     def close(self) -> None:
-        """Flush and close the CSV / TensorBoard writers."""
+        """Flush and close the CSV and every sink."""
         if self._csv is not None:
             self._csv.close()
             self._csv = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for sink in self.sinks:
+            sink.close()
+        self.sinks, self._tb = [], None
 
 
 def _drop_rows_from(path: Path, start_step: int) -> None:
@@ -216,3 +227,100 @@ def _drop_rows_from(path: Path, start_step: int) -> None:
     with open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([CSV_HEADER, *kept])
     os.replace(tmp, path)
+
+
+class ISICallbackHooks:
+    """The hooks of :class:`ISIMonitorCallback`, free of Lightning (``vitdepth.train.monitor.ISIMonitorCallback``
+    adds ``lightning.pytorch.Callback`` as a base when first imported).
+
+    Runs an :class:`ISIMonitor` on rank 0 after every optimizer step (``trainer.global_step`` advanced: with
+    gradient accumulation the micro-batches between steps are not evaluated twice); the monitor's step is the
+    index of the optimizer step just taken (0, 1, ...), as in the plain-loop example. Its state rides in the
+    Lightning checkpoint (``state_dict`` / ``load_state_dict``), and a resumed fit drops the ``monitor.csv`` rows
+    the interrupted one wrote past the checkpoint, so a resumed run logs what an uninterrupted one would.
+
+    Args:
+        images: the fixed held-out batch (B, 3, H, W), already preprocessed.
+        every: evaluate every this many optimizer steps (and at step 0).
+        out_dir: ``monitor.csv`` and TensorBoard events go here (None: only the sinks).
+        sinks: trackers to log to, e.g. ``[WandbSink(run=wandb_logger.experiment)]``.
+        model_attr: the attribute of the LightningModule holding the ViT (``""``: the module itself).
+        **monitor_kwargs: passed to :class:`ISIMonitor` (``tensorboard``, ``log``, ``flat_tol``, ``patience``, ...).
+    """
+
+    def __init__(self, images: torch.Tensor, every: int = 200, out_dir: str | Path | None = None,
+                 sinks: Sequence[Sink] | None = None, model_attr: str = "model", **monitor_kwargs: Any):
+        self.images, self.every, self.out_dir = images, every, out_dir
+        self.sinks, self.model_attr, self.monitor_kwargs = list(sinks or ()), model_attr, monitor_kwargs
+        self.monitor: ISIMonitor | None = None
+        self._state: dict | None = None
+        self._last_step: int | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Build the monitor on rank 0 (restoring the state a resumed checkpoint carried).
+
+        Not ``on_fit_start``: Lightning restores ``global_step`` from a checkpoint after that hook, and the
+        resumed step decides which ``monitor.csv`` rows are dropped.
+        """
+        if not trainer.is_global_zero:
+            return
+        model = getattr(pl_module, self.model_attr) if self.model_attr else pl_module
+        start = int(trainer.global_step)
+        self.monitor = ISIMonitor(model, self.images, every=self.every, out_dir=self.out_dir, sinks=self.sinks,
+                                  start_step=start if start else None, **self.monitor_kwargs)
+        if self._state is not None:
+            self.monitor.load_state_dict(self._state)
+        self._last_step = start
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After an optimizer step: record the loss and evaluate when the step is due."""
+        step = int(trainer.global_step)
+        if self.monitor is None or step == self._last_step:
+            return
+        self._last_step = step
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        self.monitor(step - 1, None if loss is None else float(loss))
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        """Close the CSV and the sinks."""
+        self._close()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Close the CSV and the sinks (what was logged stays)."""
+        self._close()
+
+    def _close(self) -> None:
+        if self.monitor is not None:
+            self._state = self.monitor.state_dict()
+            self.monitor.close()
+            self.monitor = None
+
+    def state_dict(self) -> dict:
+        """The monitor's state (:meth:`ISIMonitor.state_dict`), saved in the Lightning checkpoint."""
+        return self.monitor.state_dict() if self.monitor is not None else dict(self._state or {})
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` returned; applied when the monitor is built in ``on_fit_start``."""
+        self._state = dict(state_dict)
+        if self.monitor is not None:
+            self.monitor.load_state_dict(self._state)
+
+
+def __getattr__(name: str):
+    # ISIMonitorCallback subclasses lightning's Callback (the Trainer checks isinstance), so it is built on first
+    # use: importing vitdepth never imports Lightning.
+    if name != "ISIMonitorCallback":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:
+        try:
+            from pytorch_lightning import Callback
+        except ImportError:
+            raise VitdepthError("ISIMonitorCallback needs PyTorch Lightning; install it with "
+                                "pip install 'vitdepth[lightning]'") from None
+
+    cls = type("ISIMonitorCallback", (ISICallbackHooks, Callback), {"__module__": __name__,
+                                                                     "__doc__": ISICallbackHooks.__doc__})
+    globals()[name] = cls
+    return cls
