@@ -157,15 +157,19 @@ def test_timm_tags_and_models_without_weights_are_one_line(offline):
         create_model("timm:vit_small_patch16_18x2_224")
 
 
-def test_timm_offline_miss_is_one_line(offline, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spec, fetch, extra", [
+    ("timm:test_vit2.r160_in1k", "`hf download timm/test_vit2.r160_in1k model.safetensors`", "--random-init"),
+    ("hf:google/vit-base-patch16-224", "`hf download google/vit-base-patch16-224`", None),
+])
+def test_offline_miss_is_one_line(offline, tmp_path, monkeypatch, spec, fetch, extra):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(VitdepthError) as err:
-        create_model("timm:test_vit2.r160_in1k")
+        create_model(spec)
     msg = str(err.value)
     assert "\n" not in msg and str(tmp_path / "empty") in msg and "HF_HUB_OFFLINE" in msg
-    assert "`hf download timm/test_vit2.r160_in1k model.safetensors`" in msg and "--random-init" in msg
+    assert fetch in msg and (extra is None or extra in msg)
 
 
 # --- hf: -----------------------------------------------------------------------------------------------------------
@@ -197,17 +201,6 @@ def test_hf_targets_that_are_neither_directory_nor_hub_id(offline, tmp_path):
     for target in (str(tmp_path / "no" / "such" / "dir"), "not a model", "a/b/c"):
         with pytest.raises(VitdepthError, match="neither an existing directory nor a Hugging Face hub id"):
             create_model(f"hf:{target}")
-
-
-def test_hf_offline_miss_is_one_line(offline, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(VitdepthError) as err:
-        create_model("hf:google/vit-base-patch16-224")
-    msg = str(err.value)
-    assert "\n" not in msg and str(tmp_path / "empty") in msg and "HF_HUB_OFFLINE" in msg
-    assert "`hf download google/vit-base-patch16-224`" in msg
 
 
 # --- torchvision: torch hub's cache -------------------------------------------------------------------------------
