@@ -115,6 +115,14 @@ def _build_parser() -> argparse.ArgumentParser:
                                                    "(default: all the model supports; see docs/metrics.md)")
     a.add_argument("--probe", choices=("ridge", "logistic"), default=None,
                    help="logistic adds the softmax-regression probe (on by default with --metrics all)")
+    a.add_argument("--interventions", choices=("cls",), action="append", default=None,
+                   help="causal tests: cls = [CLS] swap with a patch-token control and [CLS] attention knock-out at "
+                        "every layer (about 3 extra forwards per layer; see `vitdepth metrics cls_swap_acc`)")
+    a.add_argument("--intervention-samples", type=_int_in("--intervention-samples", 1), default=None,
+                   metavar="N", help="run the --interventions on a stratified subset of N of the analyzed images "
+                                     "(default: all)")
+    a.add_argument("--cka-samples", type=_int_in("--cka-samples", 0), default=512, metavar="N",
+                   help="images of the layer x layer CKA within the model (cka_self.json; 0: skip it)")
     a.add_argument("--name", default=None, help="model name shown in tables and figures")
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     a.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -164,6 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run directories, in order (e.g. S B L)")
     c.add_argument("--out", required=True, help="comparison directory to write")
     c.add_argument("--allow-mixed-data", action="store_true", help="compare runs made on different data")
+    c.add_argument("--align", action="store_true", help="also align consecutive runs layer by layer (CKA heat maps)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
     c.add_argument("--quiet", action="store_true", help="no summary")
 
@@ -177,6 +186,12 @@ def _build_parser() -> argparse.ArgumentParser:
     from .export import add_parser as add_export_parser  # tracker libraries load only when export runs
 
     add_export_parser(sub)
+    from .align import add_parser as add_align_parser  # numpy only; loads when the parser is built
+
+    add_align_parser(sub)
+    from .reproduce import add_parser as add_reproduce_parser  # runs analyze and compare; loads them when it runs
+
+    add_reproduce_parser(sub)
     return p
 
 
@@ -189,7 +204,9 @@ def _cmd_analyze(args) -> int:
                         strict=args.strict, name=args.name, metrics=args.metrics, probe=args.probe,
                         self_check=not args.no_self_check, image_size=args.image_size, num_workers=args.num_workers,
                         preprocess=tuple(args.preprocess or ()), dtype=args.dtype, resume=args.resume,
-                        checkpoint_every=args.checkpoint_every, command_line=("vitdepth", *args.argv))
+                        checkpoint_every=args.checkpoint_every, command_line=("vitdepth", *args.argv),
+                        interventions=tuple(args.interventions or ()),
+                        intervention_samples=args.intervention_samples, cka_samples=args.cka_samples)
     out = analyze(cfg)
     if not args.quiet and out is not None and (Path(out) / "run.json").is_file():  # torchrun: rank 0 prints
         from .report.summary import phase_summary
@@ -256,7 +273,8 @@ def _cmd_train(args) -> int:
 def _cmd_compare(args) -> int:
     from .compare import compare_runs, compare_summary
 
-    out = compare_runs(args.runs, args.out, allow_mixed_data=args.allow_mixed_data, overwrite=args.overwrite)
+    out = compare_runs(args.runs, args.out, allow_mixed_data=args.allow_mixed_data, overwrite=args.overwrite,
+                       align=args.align)
     if not args.quiet:
         print(compare_summary(out))
         print(f"comparison report: {out / 'report.html'}")

@@ -63,12 +63,17 @@ def _shift(a: dict, b: dict, what: str, la: str | None, lb: str | None, da: floa
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: bool = False,
-                 overwrite: bool = False, figures: bool = True) -> Path:
+                 overwrite: bool = False, figures: bool = True, align: bool = False) -> Path:
     """Compare run directories (in the order given, e.g. S, B, L) and write ``out``.
+
+    With ``align``, each consecutive pair is also aligned layer by layer (debiased linear CKA of the cached mean
+    features, :mod:`vitdepth.align`, default subset, bootstrap and seed) into ``alignment/<i>-<j>/`` (align.json,
+    cka.csv, figures/cka.png|pdf), listed under ``alignments`` in compare.json and shown in the report.
 
     Raises:
         VitdepthError: fewer than two runs, a run directory that is not one, runs on different data (unless
-            ``allow_mixed_data``), an existing output directory without ``overwrite``.
+            ``allow_mixed_data``), an existing output directory without ``overwrite``; with ``align``, a pair that
+            cannot be aligned (different images, a run without a feature cache).
     """
     if len(run_dirs) < 2:
         raise VitdepthError("compare needs at least two run directories (e.g. the S, B and L runs of a family)")
@@ -108,7 +113,25 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
     recommendations = [f"{m['name']}: {rec}" for m in models for rec in m["recommendations"]]
     result = {"models": models, "shifts": shifts, "recommendations": recommendations,
               "allow_mixed_data": allow_mixed_data, "mixed_data": len(keys) > 1}
+    pairs = []
+    if align:  # every refusal before any feature is read or anything is written
+        from .align import align_pair
+
+        for i in range(len(runs) - 1):
+            a, b, common = align_pair(runs[i], runs[i + 1])
+            a.name, b.name = models[i]["name"], models[i + 1]["name"]
+            pairs.append((i, (a, b, common)))
     with od:
+        if pairs:
+            from .align import compute_alignment, write_alignment
+
+            result["alignments"] = []
+            for i, prepared in pairs:
+                rel = f"alignment/{i + 1}-{i + 2}"
+                al = compute_alignment(prepared)
+                write_alignment(od.tmp / rel, al, figures=figures, report=False)
+                result["alignments"].append({"from": models[i]["name"], "to": models[i + 1]["name"], "dir": rel,
+                                             "sentences": al["sentences"], "summary": al["summary"]})
         (od.tmp / "compare.json").write_text(json.dumps(result, indent=2))
         if figures:
             from .report.figures import write_compare_figures
@@ -131,4 +154,5 @@ def compare_summary(out: str | Path) -> str:
                      f"{m['saturation_layer']}  useful depth {useful}  onset {m['tradeoff_onset_layer']}  "
                      f"probe shape {fit.get('label', '—')}")
     lines += [s["sentence"] for s in result["shifts"] if s["what"] in ("trade-off onset", "probe saturation")]
+    lines += [a["summary"] for a in result.get("alignments") or [] if a.get("summary")]
     return "\n".join(lines)

@@ -14,6 +14,9 @@ from pathlib import Path
 from ._errors import VitdepthError
 
 SIZES = ("S", "B", "L")
+#: images the demo runs the causal [CLS] tests on (of the 1797): each costs about 3 forwards per layer, so the
+#: subset keeps the demo within a minute on a laptop CPU; ``vitdepth analyze --interventions cls`` takes all
+INTERVENTION_SAMPLES = 120
 
 
 def demo_models_dir() -> Path:
@@ -25,8 +28,9 @@ def run_demo(out: str | Path = "vitdepth-demo", overwrite: bool = True, quiet: b
              batch_size: int = 256) -> dict:
     """Analyze S, B and L on the digits data, compare them; returns paths and timings.
 
-    The demo computes every metric the paper measures (``--metrics paper``); the logistic probe, which adds a
-    few seconds per model and nothing to the phase picture, is left to ``vitdepth analyze``.
+    The demo computes every metric the paper measures (``--metrics paper``), the head lens and the causal [CLS]
+    tests (``--interventions cls``); the logistic probe, which adds a few seconds per model and nothing to the phase
+    picture, is left to ``vitdepth analyze``.
     """
     from .analysis.run import AnalyzeConfig, analyze
     from .compare import compare_runs
@@ -46,10 +50,11 @@ def run_demo(out: str | Path = "vitdepth-demo", overwrite: bool = True, quiet: b
             t = time.perf_counter()
             runs.append(analyze(AnalyzeConfig(model=f"file:{root / size}", data="digits", out=str(od.tmp / size),
                                               name=f"ViT-{size}", batch_size=batch_size, quiet=True,
-                                              metrics="paper")))
+                                              metrics="paper,lens_acc,lens_kl", interventions=("cls",),
+                                              intervention_samples=INTERVENTION_SAMPLES)))
             if not quiet:
                 print(f"analyzed ViT-{size} in {time.perf_counter() - t:.1f}s", flush=True)
-        compare_runs(runs, od.tmp / "compare")
+        compare_runs(runs, od.tmp / "compare", align=True)
         final = od.commit()
     runs = [final / size for size in SIZES]
     cmp_dir = final / "compare"

@@ -40,7 +40,7 @@ from . import __version__
 from ._errors import VitdepthError
 
 MARKER = ".vitdepth-output.json"
-KINDS = ("run", "compare", "demo", "train")
+KINDS = ("run", "compare", "demo", "train", "align")
 #: Names a kind writes at its top level (used for directories written before the marker existed).
 LEGACY_NAMES = {
     "run": {"run.json", "layers.csv", "layers.parquet", "per_image.npz", "cache", "figures", "phases.json",

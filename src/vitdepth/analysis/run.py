@@ -66,6 +66,15 @@ from ..phases import saturation_layer
 from ..results import layer_depth, layer_order, write_layers
 from ..summaries import build_phases
 from .cache import FeatureCache
+from .causal import (
+    CAUSAL_PER_IMAGE_IDS,
+    INTERVENTION_IDS,
+    KNOCKOUT_CACHE,
+    KNOCKOUT_IDS,
+    KNOCKOUT_PROBE_ID,
+    LENS_IDS,
+    CausalLayers,
+)
 from .checkpoint import checkpoint_file, fingerprint_difference, load_checkpoint, save_checkpoint, shard_cache_dir
 from .layer_metrics import ATTENTION_IDS, PER_IMAGE_IDS, attention_chunk_elements, per_image_values, pooled_features
 from .progress import Progress, Stages
@@ -119,6 +128,9 @@ class AnalyzeConfig:
     resume: bool = False  # --resume: continue an interrupted run from its checkpoint
     checkpoint_every: float = 300.0  # --checkpoint-every: seconds of work between checkpoints of the pass
     command_line: tuple[str, ...] = ()  # the CLI command that started the run (to print the resume command)
+    interventions: tuple[str, ...] = ()  # --interventions cls: the causal [CLS] tests (extra forwards per layer)
+    intervention_samples: int | None = None  # --intervention-samples: run them on a seeded subset of N images
+    cka_samples: int = 512  # --cka-samples: images of the layer x layer CKA within the model (0: none)
     extra: dict = field(default_factory=dict)
 
 
@@ -296,10 +308,15 @@ class _Pass:
     """
 
     def __init__(self, tm: TappedModel, n_items: int, cache: FeatureCache, metrics: frozenset[str],
-                 splits: np.ndarray, isi_rec: dict | None, device: torch.device, autocast_dtype=None):
+                 splits: np.ndarray, isi_rec: dict | None, device: torch.device, autocast_dtype=None,
+                 causal: CausalLayers | None = None, labels: np.ndarray | None = None):
         self.tm = tm
         self.metrics = metrics
-        self.curves = PerImageCurves([m for m in PER_IMAGE_IDS if m in metrics], n_items, len(tm.layer_names))
+        self.curves = PerImageCurves([m for m in PER_IMAGE_IDS + CAUSAL_PER_IMAGE_IDS if m in metrics], n_items,
+                                     len(tm.layer_names))
+        self.causal = causal  # head lens and [CLS] interventions, or None
+        self.labels = labels  # label per shard position (−1: unknown), for the causal metrics
+        self.intervene: np.ndarray | None = None  # shard positions the interventions run on (None: all)
         self.cache = cache
         self.splits = splits  # split code per shard position
         self.isi_rec = isi_rec  # layer -> ReconstructionISI, or None
@@ -359,14 +376,23 @@ class _Pass:
                 self._targets = next(iter(self.isi_rec.values())).targets(t.tokens)
             else:  # projected now, added to the sums once the whole batch has run
                 self._isi_inputs.append((t.layer, self.isi_rec[t.layer].inputs(t.tokens)))
+        if self.causal is not None:
+            self.causal.sink(t)
 
     def batch(self, images: torch.Tensor, rows: np.ndarray, first_row: int, span: int) -> None:
         """Run one batch (shard positions ``rows``; cache rows ``first_row .. first_row + span - 1``)."""
         self._rows, self._bad, self._values, self._feats, self._isi_inputs = rows, [], [], {}, []
         timings: dict = {}
+        knocked = None
         try:
             with self.precision():
-                self.tm.run(images, self.sink, attention=self.attention, timings=timings)
+                if self.causal is not None:
+                    self.causal.begin(self.labels[rows], first_row,
+                                      None if self.intervene is None else self.intervene[rows])
+                output = self.tm.run(images, self.sink, attention=self.attention, timings=timings)
+                if self.causal is not None:  # the edited forwards, after the clean one has filled the donors
+                    values, knocked = self.causal.finish(images, output, self.labels[rows])
+                    self._values += values
             # -- the batch has run: from here on the state changes --
             self.forward_s += timings["forward_s"]
             self.block_end_s += np.asarray(timings["block_end_s"])
@@ -377,8 +403,11 @@ class _Pass:
                     self.curves.update(metric, position, rows, v)
             for layer, x in self._isi_inputs:
                 self.isi_rec[layer].update_projected(x, self._targets, self.splits[rows])
-            for ts, per_layer in self._feats.items():
-                feats = torch.stack(per_layer).cpu().numpy()  # (n_layers, B, d)
+            features = {ts: torch.stack(per_layer) for ts, per_layer in self._feats.items()}  # (n_layers, B, d)
+            if knocked is not None:
+                features[KNOCKOUT_CACHE] = knocked.to(torch.float16)
+            for ts, feats in features.items():
+                feats = feats.cpu().numpy()
                 if len(rows) == span:
                     block = feats
                 else:  # unreadable images (or the gaps between pieces of a batch) leave zero rows in the cache
@@ -527,6 +556,7 @@ def _fingerprint(cfg: AnalyzeConfig, tm: TappedModel, source, indices, splits, m
         "selection": sha(np.asarray(indices, dtype=np.int64)), "splits": sha(np.asarray(splits, dtype=np.int64)),
         "metrics": sorted(metrics), "seed": cfg.seed, "dtype": cfg.dtype, "image_size": cfg.image_size,
         "preprocess": list(cfg.preprocess), "isi": [cfg.isi_k, cfg.isi_k_in], "batch_size": cfg.batch_size,
+        "intervention_samples": cfg.intervention_samples,
         "world_size": ctx.world_size}, default=_json_default))
 
 
@@ -595,6 +625,10 @@ def _analyze(cfg: AnalyzeConfig, ctx: DistContext, t_start: float) -> Path:
         raise VitdepthError(f"--probe {cfg.probe!r} is not known; use ridge (always on) or logistic")
     if cfg.probe == "logistic":
         metrics |= {"probe_acc_logistic"}
+    for kind in cfg.interventions:
+        if kind != "cls":
+            raise VitdepthError(f"--interventions {kind!r} is not known; the causal tests available are: cls")
+        metrics |= INTERVENTION_IDS
     unlabelled = frozenset()
     if not labelled:  # probes and neural collapse need classes: not applicable, never zeros
         unlabelled = frozenset(m for m in metrics if METRICS[m].kind == "probe" or m in COLLAPSE_IDS)
@@ -606,6 +640,7 @@ def _analyze(cfg: AnalyzeConfig, ctx: DistContext, t_start: float) -> Path:
     check = None
     if cfg.self_check:
         check, metrics = _run_self_check(tm, source, indices, transform, device, metrics, cfg, quiet)
+    causal, metrics = _resolve_causal(tm, source, indices, transform, device, metrics, cfg, quiet)
 
     # the fp16 feature cache dominates what a run writes: (layers + cls layers) x images x width x 2 bytes
     dim = tm.sites.patch_proj.out_channels
@@ -616,7 +651,8 @@ def _analyze(cfg: AnalyzeConfig, ctx: DistContext, t_start: float) -> Path:
         od.need_bytes += 2 * tm.depth * 3 * (width * width + width * _num_patches(tm) * cfg.isi_k) * 8
     run = _RunInputs(cfg, name, source, tm, transform, indices, labels, splits, device, t_start, metrics, check,
                      unlabelled, ctx, _fingerprint(cfg, tm, source, indices, splits, metrics, ctx),
-                     _resume_command(cfg, ctx), quiet)
+                     _resume_command(cfg, ctx), quiet, causal,
+                     labels.astype(np.int64) if labelled else np.full(len(indices), -1, dtype=np.int64))
     _main_first(ctx, od.__enter__)
     try:
         _analyze_into(od.tmp, run)
@@ -672,6 +708,8 @@ class _RunInputs:
     fingerprint: dict
     resume_command: str
     quiet: bool
+    causal: CausalLayers | None = None
+    causal_labels: np.ndarray | None = None  # labels for the causal metrics (−1 where the data has none)
 
 
 def _interrupted_message(tmp: Path, run: _RunInputs, signum: int, where: str) -> str:
@@ -711,6 +749,68 @@ def _run_self_check(tm, source, indices, transform, device, metrics, cfg, quiet=
         if not quiet:
             print(f"vitdepth: warning: {check.reason}", file=sys.stderr)
     return check, metrics
+
+
+def _resolve_causal(tm, source, indices, transform, device, metrics, cfg, quiet=False):
+    """The head lens and [CLS] interventions of this run (None when none is selected), and the metrics left.
+
+    The model's readout is found and verified on the first images (:func:`vitdepth.models.readout.find_readout`);
+    without one the lens and the prediction-based interventions are dropped with the reason (run.json, console).
+    An explicit ``--interventions cls`` on a model without [CLS] is refused before the pass.
+    """
+    from ..models.interventions import block_key
+    from ..models.readout import find_readout
+
+    wanted = metrics & (set(LENS_IDS) | INTERVENTION_IDS)
+    if not wanted:
+        return None, metrics
+    if wanted & INTERVENTION_IDS and not tm.has_cls:
+        if cfg.interventions:
+            raise VitdepthError(f"--interventions cls: {_describe(cfg.model)} has no [CLS] token to intervene on; "
+                                "drop --interventions (the head lens still runs)")
+        metrics = metrics - INTERVENTION_IDS
+    batch = next(iter(iterate_batches(source, indices[:4 * SELF_CHECK_IMAGES], transform, SELF_CHECK_IMAGES,
+                                      strict=False, num_workers=0)), None)
+    readout = "no image could be read to verify the model's head" if batch is None or not len(batch.indices) \
+        else find_readout(tm, batch.images.to(device, tm.dtype))
+    causal_notes = []
+    if isinstance(readout, str):
+        dropped = sorted(metrics & (set(LENS_IDS) | (INTERVENTION_IDS - {KNOCKOUT_PROBE_ID})))
+        metrics = metrics - set(dropped)
+        causal_notes.append(f"{', '.join(dropped)} not measured: {readout}")
+        if not quiet and dropped:
+            print(f"vitdepth: warning: {causal_notes[-1]}", file=sys.stderr)
+        readout = None
+    knockout = metrics & (set(KNOCKOUT_IDS) | {KNOCKOUT_PROBE_ID})
+    if knockout and batch is not None and len(batch.indices):
+        try:  # a block that does not attend through SDPA cannot be masked: found now, not mid-pass
+            with torch.inference_mode(), block_key(tm, key=0, from_block=0, queries=slice(tm.sites.num_prefix, None)):
+                tm.output(batch.images.to(device, tm.dtype))
+        except VitdepthError as e:
+            metrics = metrics - knockout
+            causal_notes.append(f"{', '.join(sorted(knockout))} not measured: {e}")
+            if not quiet:
+                print(f"vitdepth: warning: {causal_notes[-1]}", file=sys.stderr)
+    if not metrics & (set(LENS_IDS) | INTERVENTION_IDS):
+        return None, metrics
+    causal = CausalLayers(tm, metrics, cfg.seed, readout, max_images=cfg.batch_size)
+    causal.notes += causal_notes
+    return causal, metrics
+
+
+def _causal_record(causal: CausalLayers | None, loaded: np.ndarray) -> dict | None:
+    """run.json's account of the lens and the interventions: the readout, the donors, what was not applicable."""
+    if causal is None:
+        return None
+    chosen = loaded if causal.subset is None else loaded & causal.subset
+    return {"intervention_images": int(chosen.sum()) if causal.intervenes else 0,
+            "readout": None if causal.readout is None else causal.readout.modules,
+            "head_classes": None if causal.readout is None else causal.readout.num_classes,
+            "head_reads_cls": causal.head_reads_cls,
+            "donors": "per image, the next image of another class in a random cyclic order of its batch (seed, "
+                      "batch's first row); the control swaps one random patch position with the same donor",
+            "knockout": "patch queries barred from the [CLS] key (−inf score) in blocks ℓ..L−1",
+            "notes": list(causal.notes)}
 
 
 def _stream(state: _Pass, run: _RunInputs, shard_indices: np.ndarray, checkpointer: _Checkpointer,
@@ -792,6 +892,8 @@ def _open_pass(tmp: Path, run: _RunInputs, bounds: list[tuple[int, int]]) -> tup
     cache_layers = {"mean": layers}
     if tm.has_cls:
         cache_layers["cls"] = layers[1:]
+    if run.causal is not None and run.causal.knockout_features:  # final [CLS] per knock-out start layer 0..L
+        cache_layers[KNOCKOUT_CACHE] = layers[1:]
     ckpt = checkpoint_file(tmp, ctx.rank)
     cache_dir = tmp / "cache" if ctx.is_main else shard_cache_dir(tmp, ctx.rank)
     # rank 0's cache is the run's (its shard starts at row 0; the other shards are copied in after the pass)
@@ -808,7 +910,12 @@ def _open_pass(tmp: Path, run: _RunInputs, bounds: list[tuple[int, int]]) -> tup
         isi_rec = {layer: ReconstructionISI(dim, num_tokens, _num_patches(tm), k=cfg.isi_k, k_in=cfg.isi_k_in,
                                             seed=cfg.seed) for layer in layers[1:]}
     state = _Pass(tm, hi - lo, cache, run.metrics, run.splits[lo:hi], isi_rec, run.device,
-                  AUTOCAST_DTYPES[cfg.dtype])
+                  AUTOCAST_DTYPES[cfg.dtype], causal=run.causal, labels=run.causal_labels[lo:hi])
+    if cfg.intervention_samples is not None and cfg.intervention_samples < len(run.indices):
+        # a seeded subset of the analysis positions (the same on every rank), stratified like --samples
+        chosen = np.zeros(len(run.indices), dtype=bool)
+        chosen[stratified_subset(run.causal_labels.clip(min=0), cfg.intervention_samples, cfg.seed + 1)] = True
+        run.causal.subset, state.intervene = chosen, chosen[lo:hi]
     shard = {"rank": ctx.rank, "lo": lo, "hi": hi}
     checkpointer = _Checkpointer(ckpt, cfg.checkpoint_every, run.fingerprint, shard,
                                  [cache.path(ts) for ts in cache.layers], run.resume_command)
@@ -925,13 +1032,16 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
         with stages("isi_rec_s", "isi_rec ridge fits"):
             rows_out += _isi_rec_rows(name, tm, isi_rec, metrics, int(((splits == 2) & loaded).sum()), post_warnings)
         isi_rec = state.isi_rec = None
-    correct_store = {ts: np.full((n, len(layers)), np.nan) for ts in cache.layers}
+    correct_store = {ts: np.full((n, len(layers)), np.nan) for ts in _probe_sets(cache)}
     usable = loaded[:, None] & state.finite  # (images, layers): what the probes of each layer may use
     if getattr(source, "labelled", True):
         with stages("probes_s", "ridge probes" + (" and neural collapse" if metrics & COLLAPSE_IDS else "")):
+            final_probes: dict = {}
             probe_rows, probe_info = _probe_rows(name, tm, cache, labels, splits, usable, len(source.class_names),
-                                                 metrics, correct_store)
+                                                 metrics, correct_store, final_probes)
             rows_out += probe_rows
+            if KNOCKOUT_PROBE_ID in metrics and "cls" in final_probes:
+                rows_out += _knockout_probe_rows(name, tm, cache, labels, final_probes["cls"])
     else:
         probe_info = {"kind": "not applicable: the data has no labels"}
     if "probe_acc_logistic" in metrics:
@@ -965,6 +1075,8 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
             warn.append(f"layer {layer}: {count} images have NaN/Inf activations (or pooled features beyond the "
                         "fp16 range of the cache); the probes of that layer leave them out")
     warn += post_warnings + probe_info.pop("warnings", [])
+    if inputs.causal is not None:
+        warn += inputs.causal.notes
     if skipped:
         warn.append(f"{len(skipped)} unreadable images were skipped (listed under data.skipped)")
     not_applicable = sorted(unlabelled)
@@ -996,11 +1108,18 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
         "timings": {"pass_s": t_pass, "images_per_s": float(loaded.sum()) / t_pass, **stages.seconds},
         "truncation": truncation,
         "self_check": None if check is None else check.to_dict(),
+        "causal": _causal_record(inputs.causal, loaded),
         "warnings": warn,
     }
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
     with stages("phases_s", "phase fits"):
         phases = build_phases(tmp, n_boot=cfg.n_boot_phases)
+    if cfg.cka_samples:
+        from ..align import write_self_alignment
+
+        with stages("cka_self_s", "layer x layer CKA"):  # the block structure of the Plateau (reads the cache)
+            write_self_alignment(tmp, token_set="mean", samples=cfg.cka_samples, n_boot=cfg.n_boot_phases,
+                                 seed=cfg.seed, figures=cfg.figures)
     if cfg.figures:
         from ..report.figures import write_run_figures
 
@@ -1130,14 +1249,23 @@ def _usable_split_rows(splits, usable, what, info) -> dict[str, np.ndarray] | No
     return None
 
 
-def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, correct_store) -> tuple[list[dict], dict]:
-    """Ridge probes for every layer and token set, and neural collapse on the test split (uses the probe)."""
+def _probe_sets(cache: FeatureCache) -> dict[str, list[str]]:
+    """The token sets of the cache that get probes (the knock-out features are evaluated, not probed)."""
+    return {ts: names for ts, names in cache.layers.items() if ts != KNOCKOUT_CACHE}
+
+
+def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, correct_store,
+                final_probes: dict | None = None) -> tuple[list[dict], dict]:
+    """Ridge probes for every layer and token set, and neural collapse on the test split (uses the probe).
+
+    ``final_probes`` (when given) receives, per token set, the last layer's probe and its test rows.
+    """
     rows, info = [], {"kind": "ridge", "standardize": True, "alpha": {}, "val_accuracy": {},
                       "nc_convention": "test split; centred by the mean of the class means; Σ_W pooled over samples "
                                        "(1/N); NC3 and NC4 use the ridge probe"}
     classes = np.arange(n_classes)
     want_nc = sorted(m for m in metrics if METRICS[m].family == "collapse")
-    for ts, layer_names in cache.layers.items():
+    for ts, layer_names in _probe_sets(cache).items():
         for li, layer in enumerate(layer_names):
             position = tm.layer_names.index(layer)
             split_rows = _usable_split_rows(splits, usable[:, position], f"probes of {ts}/{layer}", info)
@@ -1161,6 +1289,8 @@ def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, cor
                 total += len(y)
                 if want_nc:
                     stats = collapse_merge(stats, collapse_update(x, y, n_classes))
+            if final_probes is not None and layer == layer_names[-1]:
+                final_probes[ts] = (probe, split_rows["test"])
             info["alpha"][f"{ts}/{layer}"] = float(probe.alpha_)
             info["val_accuracy"][f"{ts}/{layer}"] = float(max(probe.val_scores_.values()))
             if "probe_acc" in metrics:
@@ -1177,6 +1307,23 @@ def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, cor
                 for metric in want_nc:
                     rows.append(_row(name, layer, tm.depth, metric, ts, nc[metric], np.nan, np.nan, total))
     return rows, info
+
+
+def _knockout_probe_rows(name, tm, cache, labels, final_probe) -> list[dict]:
+    """``cls_knockout_probe_acc``: the clean final-layer [CLS] probe on the knocked-out final [CLS] features."""
+    probe, test_rows = final_probe
+    rows = []
+    for li, layer in enumerate(cache.layers[KNOCKOUT_CACHE]):
+        correct = total = 0
+        for i, x in _enumerate_chunks(cache.read(KNOCKOUT_CACHE, li, test_rows)):
+            y = labels[test_rows[i:i + len(x)]]
+            ok = np.isfinite(x).all(axis=1)
+            correct += int((probe.predict(x[ok]) == y[ok]).sum()) if ok.any() else 0
+            total += int(ok.sum())
+        if total:
+            lo, hi = wilson_interval(correct, total)
+            rows.append(_row(name, layer, tm.depth, KNOCKOUT_PROBE_ID, "cls", correct / total, lo, hi, total))
+    return rows
 
 
 #: Bound on the float32 features (train + val + test, and the standardised train copy) the logistic probes hold
@@ -1196,7 +1343,7 @@ def _logistic_rows(name, tm, cache, labels, splits, usable, info, seed) -> list[
     split_rows = _usable_split_rows(splits, usable.all(axis=1), "logistic probes", info)
     if split_rows is None:
         return []
-    heads = [(ts, li, layer) for ts, names in cache.layers.items() for li, layer in enumerate(names)]
+    heads = [(ts, li, layer) for ts, names in _probe_sets(cache).items() for li, layer in enumerate(names)]
     per_head = 4 * cache.dim * (2 * len(split_rows["train"]) + len(split_rows["val"]) + len(split_rows["test"]))
     group = max(1, LOGISTIC_FEATURE_BYTES // per_head)
 

@@ -116,10 +116,50 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("nc4", "collapse", "split", "all", False, ("cls", "mean"),
                    "fraction of test images where the ridge probe and the nearest class mean disagree",
                    "→ 0: the classifier acts as a nearest-class-centre rule", groups=("paper",)),
+        MetricInfo("lens_acc", "lens", "per_image", "tokens", False, (),
+                   "top-1 accuracy of the model's own readout (final norm, pooling, head) applied to layer ℓ's tokens",
+                   "how much of the final decision is already readable at layer ℓ through the model's own head; "
+                   "equals the model's accuracy at the last layer", groups=()),
+        MetricInfo("lens_kl", "lens", "per_image", "tokens", False, (),
+                   "KL(p_final ‖ p_ℓ) in nats, p_ℓ = softmax of the model's own readout applied to layer ℓ",
+                   "0: layer ℓ already yields the final output distribution; large: the decision forms later",
+                   groups=()),
+        MetricInfo("cls_swap_acc", "intervention", "per_image", "tokens", True, (),
+                   "top-1 on the image's own label after replacing its [CLS] token at layer ℓ by the [CLS] of a "
+                   "donor image of another class (same batch, seeded)",
+                   "low: the output still depends on what [CLS] carries at ℓ; back at clean accuracy: [CLS] at ℓ "
+                   "no longer matters (it is rebuilt from the patches)", groups=("interventions",)),
+        MetricInfo("cls_swap_follow", "intervention", "per_image", "tokens", True, (),
+                   "fraction of images whose prediction after the [CLS] swap at layer ℓ equals the donor's clean "
+                   "prediction (images whose donor predicts their own class left out)",
+                   "1: the [CLS] token at ℓ decides the output; 0: the patches override it", groups=("interventions",)),
+        MetricInfo("patch_swap_acc", "intervention", "per_image", "tokens", True, (),
+                   "control for cls_swap_acc: the same swap on one random patch position per image",
+                   "the cost of swapping any one token; a [CLS] effect is the gap to cls_swap_acc",
+                   groups=("interventions",)),
+        MetricInfo("patch_swap_follow", "intervention", "per_image", "tokens", True, (),
+                   "control for cls_swap_follow: the same swap on one random patch position per image",
+                   "how often one swapped patch token carries the donor's class", groups=("interventions",)),
+        MetricInfo("cls_knockout_kl", "intervention", "per_image", "tokens", True, (),
+                   "KL(p_clean ‖ p_knocked) in nats, patch queries barred from the [CLS] key (−inf score) in blocks "
+                   "ℓ..L−1 of the model's own attention (0 at ℓ = L: nothing masked)",
+                   "large: patches still read [CLS] from ℓ on and the output depends on it; ≈ 0: [CLS] is not read",
+                   groups=("interventions",)),
+        MetricInfo("cls_knockout_acc", "intervention", "per_image", "tokens", True, (),
+                   "top-1 of the model on the labels with the [CLS] knock-out from block ℓ on",
+                   "the accuracy that survives when patches cannot read [CLS] from layer ℓ on",
+                   groups=("interventions",)),
+        MetricInfo("cls_knockout_probe_acc", "intervention", "probe", "tokens", True, ("cls",),
+                   "test accuracy of the final-layer [CLS] ridge probe (fitted on clean features) on the final [CLS] "
+                   "features of the forward with the knock-out from block ℓ on",
+                   "as cls_knockout_acc, through a linear probe instead of the head (models without a head)",
+                   groups=("interventions",)),
     )
 }
 
 _PAPER = "arXiv 2511.21635"
+_CAUSAL = (f"causal test of {_PAPER}'s [CLS] marginalisation: activation patching and attention knock-out "
+           "(Meng et al. 2022, arXiv 2202.05262; Geva et al. 2023, arXiv 2304.14767); our definition")
 _OURS = f"{_PAPER} (exact formula not public; our definition)"
 _DETAILS = {
     "token_sim": ("O(P·d) per image via the norm of the summed unit vectors; no P×P matrix", _OURS),
@@ -154,6 +194,16 @@ _DETAILS = {
     "nc2_angle": ("from the class means", "Papyan, Han & Donoho 2020"),
     "nc3": ("from the class means and the ridge probe weights", "Papyan, Han & Donoho 2020"),
     "nc4": ("one more pass over the cached test features", "Papyan, Han & Donoho 2020"),
+    "lens_acc": ("one head evaluation per layer on its tokens (B × d × classes)",
+                 "logit lens (nostalgebraist 2020), tuned lens (Belrose et al. 2023, arXiv 2303.08112)"),
+    "lens_kl": ("part of lens_acc", "logit lens (nostalgebraist 2020)"),
+    "cls_swap_acc": ("2 extra forwards per layer and batch (the [CLS] swap and its patch control)", _CAUSAL),
+    "cls_swap_follow": ("part of cls_swap_acc", _CAUSAL),
+    "patch_swap_acc": ("part of cls_swap_acc", _CAUSAL),
+    "patch_swap_follow": ("part of cls_swap_acc", _CAUSAL),
+    "cls_knockout_kl": ("1 extra forward per block and batch", _CAUSAL),
+    "cls_knockout_acc": ("part of cls_knockout_kl", _CAUSAL),
+    "cls_knockout_probe_acc": ("the knock-out forwards, plus (L+1) × N × d fp16 cached features", _CAUSAL),
 }
 for _id, (_cost, _source) in _DETAILS.items():
     METRICS[_id] = replace(METRICS[_id], cost=_cost, source=_source)
@@ -165,9 +215,13 @@ FAMILIES: dict[str, str] = {
     "attention": "Attention graph",
     "probe": "Linear probes",
     "collapse": "Neural collapse",
+    "lens": "Head lens",
+    "intervention": "Causal [CLS] interventions",
 }
 
-GROUPS = ("core", "paper", "all")
+GROUPS = ("core", "paper", "all", "interventions")
+#: groups whose ids ``all`` leaves out: they cost extra forwards (asked for by name or ``--interventions cls``)
+OPT_IN_GROUPS = frozenset({"interventions"})
 
 
 def list_metrics(family: str | None = None) -> list[str]:
@@ -179,7 +233,8 @@ def resolve_metrics(spec: str | None) -> frozenset[str]:
     """Metric ids selected by ``--metrics``: groups ``core``, ``paper``, ``all`` and single ids, comma-separated.
 
     ``None`` means ``all``. ``core`` is the single-pass set of the first release (similarity, attention-form ISI,
-    ridge probes); ``paper`` adds everything the paper measures; ``all`` adds the logistic probe.
+    ridge probes); ``paper`` adds everything the paper measures; ``all`` adds the logistic probe and the head lens.
+    ``interventions`` (the causal [CLS] tests, 2–3 extra forwards per layer) is never part of ``all``: name it.
     """
     import difflib
 
@@ -190,8 +245,8 @@ def resolve_metrics(spec: str | None) -> frozenset[str]:
     chosen: set[str] = set()
     for part in (p.strip() for p in spec.split(",")):
         if part == "all":
-            chosen |= set(METRICS)
-        elif part in ("core", "paper"):
+            chosen |= {m.id for m in METRICS.values() if not OPT_IN_GROUPS & set(m.groups)}
+        elif part in ("core", "paper", "interventions"):
             chosen |= {m.id for m in METRICS.values() if part in m.groups}
         elif part in METRICS:
             chosen.add(part)

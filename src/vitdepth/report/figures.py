@@ -228,3 +228,103 @@ def write_compare_figures(out_dir: Path, runs, phases: list[dict], names: list[s
             written.append(path)
         plt.close(fig)
     return written
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layer alignment (debiased linear CKA): align.json and cka_self.json
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _tick_positions(layers: list[str], most: int = 14) -> tuple[list[int], list[str]]:
+    step = max(1, math.ceil(len(layers) / most))
+    idx = list(range(0, len(layers), step))
+    if idx[-1] != len(layers) - 1:
+        idx.append(len(layers) - 1)
+    return idx, [layers[i] for i in idx]
+
+
+def _cka_heatmap(ax, fig, matrix, layers_a: list[str], layers_b: list[str]):
+    import numpy as np
+
+    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    im = ax.imshow(m, origin="lower", aspect="auto", cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+    xi, xl = _tick_positions(layers_b)
+    yi, yl = _tick_positions(layers_a)
+    ax.set_xticks(xi, xl)
+    ax.set_yticks(yi, yl)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("debiased linear CKA")
+    return im
+
+
+def cka_figure(result: dict):
+    """The heat map of an ``align.json`` result: A's layers on y, B's on x, the matching path (argmax of each row)
+    drawn with its bootstrap 95% CI as horizontal bars. Returns the open ``Figure``."""
+    plt = _plt()
+    la, lb = result["a"]["layers"], result["b"]["layers"]
+    pos_b = {x: i for i, x in enumerate(lb)}
+    with plt.rc_context(_RC):
+        w = min(11.0, max(5.5, 0.22 * len(lb) + 2.5))
+        h = min(10.0, max(4.5, 0.22 * len(la) + 1.8))
+        fig, ax = plt.subplots(figsize=(w, h))
+        _cka_heatmap(ax, fig, result["cka"], la, lb)
+        matched = [(i, m) for i, m in enumerate(result["best_match"]) if m.get("layer_b") is not None]
+        ys = [i for i, _ in matched]
+        xs = [pos_b[m["layer_b"]] for _, m in matched]
+        lo = [pos_b.get(m["layer_b_ci"][0], x) for (_, m), x in zip(matched, xs, strict=True)]
+        hi = [pos_b.get(m["layer_b_ci"][1], x) for (_, m), x in zip(matched, xs, strict=True)]
+        ax.errorbar(xs, ys, xerr=[[x - a for x, a in zip(xs, lo, strict=True)],
+                                  [b - x for x, b in zip(xs, hi, strict=True)]],
+                    fmt="o-", color="#2ec4ff", ms=3.5, lw=1.4, elinewidth=1.0, capsize=2)
+        ax.set_xlabel(f"layer of {result['b']['name']}")
+        ax.set_ylabel(f"layer of {result['a']['name']}")
+        _title(fig, f"CKA: {result['a']['name']} vs {result['b']['name']}",
+               f"{result['token_set']} tokens, {result['n_images']} images; path: best match per row, bars: its "
+               "95% CI", fig.get_figwidth())
+        fig.tight_layout()
+    return fig
+
+
+def cka_self_figure(result: dict):
+    """The layer × layer heat map of a ``cka_self.json`` result (blocks of similar layers outlined)."""
+    plt = _plt()
+    layers = result["layers"]
+    with plt.rc_context(_RC):
+        side = min(9.0, max(5.0, 0.2 * len(layers) + 2.5))
+        fig, ax = plt.subplots(figsize=(side + 0.8, side))
+        _cka_heatmap(ax, fig, result["cka"], layers, layers)
+        idx = {x: i for i, x in enumerate(layers)}
+        for b in result.get("blocks") or []:
+            i, j = idx[b["first"]], idx[b["last"]]
+            ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), j - i + 1, j - i + 1, fill=False, ec="#2ec4ff", lw=1.5))
+        ax.set_xlabel(f"layer of {result['model']}")
+        ax.set_ylabel(f"layer of {result['model']}")
+        note = f"{result['token_set']} tokens, {result['n_images']} images"
+        if result.get("blocks"):
+            note += f"; outlined: blocks with CKA ≥ {result.get('block_threshold', 0.9):.2f}"
+        _title(fig, f"CKA within {result['model']}", note, fig.get_figwidth())
+        fig.tight_layout()
+    return fig
+
+
+def _save(fig, stem: Path, formats) -> list[Path]:
+    plt = _plt()
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def write_cka_figure(stem: Path, result: dict, formats=("png", "pdf")) -> list[Path]:
+    """Write ``stem.png`` / ``stem.pdf`` of :func:`cka_figure`."""
+    return _save(cka_figure(result), stem, formats)
+
+
+def write_cka_self_figure(stem: Path, result: dict, formats=("png", "pdf")) -> list[Path]:
+    """Write ``stem.png`` / ``stem.pdf`` of :func:`cka_self_figure`."""
+    return _save(cka_self_figure(result), stem, formats)

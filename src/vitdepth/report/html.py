@@ -30,7 +30,7 @@ from ..metrics.catalog import FAMILIES, METRICS
 from ..results import layer_order, load_run
 from .summary import verdict_line
 
-__all__ = ["write_compare_report", "write_run_report"]
+__all__ = ["write_align_report", "write_compare_report", "write_run_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0 auto;
@@ -484,6 +484,9 @@ def write_run_report(run_dir: str | Path) -> Path:
              "depth diagnostics (arXiv 2511.21635). Self-contained: opens offline.</p>"]
     toc = ['<a href="#summary">Summary</a>']
     toc += [f'<a href="#family-{_e(f)}">{_e(t)}</a>' for f, t, _ in families]
+    cka_self, _ = _read_json(run_dir / "cka_self.json")
+    if isinstance(cka_self, dict):
+        toc.append('<a href="#cka-self">Layer similarity (CKA)</a>')
     toc.append('<a href="#provenance">Provenance</a>')
     parts.append('<nav class="toc">' + "".join(toc) + "</nav>")
     verdict = verdict_line(phases, _get(run, "model", "depth")) if isinstance(phases, dict) else ""
@@ -495,6 +498,8 @@ def write_run_report(run_dir: str | Path) -> Path:
     embedded: set[Path] = set()
     for fam_id, title, ids in families:
         parts.append(_family_section(fam_id, title, ids, rows, fig_dir, embedded))
+    if isinstance(cka_self, dict):
+        parts.append(_cka_self_section(cka_self, fig_dir, embedded))
     others = [p for p in sorted(fig_dir.glob("*.png")) if p.resolve() not in embedded] if fig_dir.is_dir() else []
     if others:
         parts.append('<section id="other-figures"><h2>Other figures</h2>')
@@ -732,7 +737,8 @@ def write_compare_report(compare_dir: str | Path) -> Path:
              '<p class="sub">Cross-size comparison of saved runs (arXiv 2511.21635 diagnostics). '
              "Self-contained: opens offline.</p>"
              '<nav class="toc"><a href="#summary">Summary</a><a href="#figures">Overlay figures</a>'
-             '<a href="#provenance">Provenance</a></nav></header>']
+             + ('<a href="#alignment">Layer alignment (CKA)</a>' if cmp.get("alignments") else "")
+             + '<a href="#provenance">Provenance</a></nav></header>']
     parts.append(_compare_summary(cmp))
     fig_dir = compare_dir / "figures"
     pngs = sorted(fig_dir.glob("*.png"), key=_figure_order) if fig_dir.is_dir() else []
@@ -743,7 +749,138 @@ def write_compare_report(compare_dir: str | Path) -> Path:
     else:
         parts.append('<p class="note">No figures in this comparison directory.</p>')
     parts.append("</section>")
+    if cmp.get("alignments"):
+        parts.append(_alignment_section(cmp["alignments"], compare_dir))
     parts.append(_provenance_compare(cmp, compare_dir))
     out = compare_dir / "report.html"
+    out.write_text(_page(title, "\n".join(parts)), encoding="utf-8")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layer alignment (debiased linear CKA)
+# --------------------------------------------------------------------------------------------------------------
+
+_CKA_READING = ("Debiased linear CKA (Kornblith et al. 2019; unbiased HSIC of Song et al. 2012, as in Nguyen, Raghu "
+                "& Kornblith 2021) between the pooled features of two layers over the same images: 1 = the same "
+                "representation up to rotation and scale, ≈ 0 = unrelated. Bright cells on a diagonal band mean the "
+                "two models compute the same things in the same order; a band that bends away from the diagonal is "
+                "a shift in depth. The path marks, for each layer on the y axis, the most similar layer on the x "
+                "axis, with the bootstrap 95% CI of that match.")
+
+
+def _inline_figure(fig, caption: str) -> str:
+    """A figure drawn at report time (an open matplotlib ``Figure``), embedded as PNG bytes and closed."""
+    import io
+
+    from .figures import _plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    _plt().close(fig)
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<figure><img alt="{_e(caption)}" src="{uri}"><figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def _match_table(result: dict) -> str:
+    rows = []
+    for m in result.get("best_match") or []:
+        ci = m.get("cka_ci") or [None, None]
+        lo, hi = (m.get("layer_b_ci") or ["?", "?"])[:2]
+        rows.append([_e(m.get("layer_a")), _e(m.get("layer_b")), _num(m.get("cka"), 3),
+                     f'<span class="ci">[{_num(ci[0], 3)}, {_num(ci[1], 3)}]</span>',
+                     _e(lo if lo == hi else f"{lo}–{hi}"), _rel(m.get("relative_depth_a")),
+                     _rel(m.get("relative_depth_b"))])
+    a, b = _get(result, "a", "name", default="A"), _get(result, "b", "name", default="B")
+    return _table([f"layer of {a}", f"best layer of {b}", "CKA", "95% CI", "95% CI of the match",
+                   f"ℓ/L {a}", f"ℓ/L {b}"], rows, frozenset({2, 5, 6}))
+
+
+def _alignment_body(result: dict, png: Path | None) -> str:
+    out = []
+    if result.get("summary"):
+        out.append(f'<p class="verdict">{_e(result["summary"])}</p>')
+    out.append(_ul(result.get("sentences") or []))
+    caption = (f"CKA between the layers of {_get(result, 'a', 'name', default='A')} (y) and "
+               f"{_get(result, 'b', 'name', default='B')} (x), {result.get('token_set', '?')} tokens, "
+               f"{result.get('n_images', '?')} images; path: best match per row with its 95% CI")
+    if png is not None and png.is_file():
+        out.append(_figure(png, caption))
+    else:
+        from .figures import cka_figure
+
+        out.append(_inline_figure(cka_figure(result), caption))
+    out.append(f"<details><summary>Best match per layer</summary>{_match_table(result)}</details>")
+    return "\n".join(out)
+
+
+def _alignment_section(alignments: list, compare_dir: Path) -> str:
+    out = ['<section id="alignment"><h2>Layer alignment (CKA)</h2>', f"<p>{_e(_CKA_READING)}</p>"]
+    for al in alignments:
+        if not isinstance(al, dict):
+            continue
+        out.append(f"<h3>{_e(al.get('from', '?'))} → {_e(al.get('to', '?'))}</h3>")
+        where = compare_dir / str(al.get("dir", ""))
+        result, err = _read_json(where / "align.json")
+        if isinstance(result, dict):
+            out.append(_alignment_body(result, where / "figures" / "cka.png"))
+        else:
+            out.append(f'<p class="warn">{_e(al.get("dir"))}/align.json is {_e(err)}.</p>')
+            out.append(_ul(al.get("sentences") or []))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _cka_self_section(result: dict, fig_dir: Path, embedded: set) -> str:
+    out = ['<section id="cka-self"><h2>Layer×layer similarity within the model (CKA)</h2>',
+           "<p>Debiased linear CKA between every pair of layers of this model over the same images "
+           f"({_e(result.get('token_set', '?'))} tokens, {_e(result.get('n_images', '?'))} images, "
+           f"{_e(result.get('n_boot', '?'))} bootstrap replicates). Square bright blocks on the diagonal are runs "
+           "of layers that hardly change the representation: the Plateau shows up as one such block.</p>"]
+    if result.get("summary"):
+        out.append(f'<p class="verdict">{_e(result["summary"])}</p>')
+    caption = f"CKA within {result.get('model', '?')} (outlined: blocks of mutually similar layers)"
+    png = fig_dir / "cka_self.png"
+    if png.is_file():
+        embedded.add(png.resolve())
+        out.append(_figure(png, caption))
+    else:
+        from .figures import cka_self_figure
+
+        out.append(_inline_figure(cka_self_figure(result), caption))
+    blocks = result.get("blocks") or []
+    if blocks:
+        rows = [[_e(b.get("first")), _e(b.get("last")), _num(b.get("n_layers")), _num(b.get("min_cka"), 3)]
+                for b in blocks]
+        out.append(_table(["first layer", "last layer", "layers", "smallest pairwise CKA"], rows,
+                          frozenset({2, 3})))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def write_align_report(align_dir: str | Path) -> Path:
+    """Write ``align_dir/report.html`` from ``align.json`` and ``figures/cka.png``; return its path."""
+    align_dir = Path(align_dir)
+    result, err = _read_json(align_dir / "align.json")
+    if not isinstance(result, dict):
+        from .._errors import VitdepthError
+
+        raise VitdepthError(f"{align_dir}/align.json is {err or 'not an object'}; create it with vitdepth align "
+                            "RUN_A RUN_B --out DIR")
+    a, b = _get(result, "a", "name", default="A"), _get(result, "b", "name", default="B")
+    title = f"vitdepth layer alignment — {a} vs {b}"
+    parts = [f"<header><h1>{_e(title)}</h1>"
+             '<p class="sub">Which layer of one model computes what a layer of the other computes, from saved runs '
+             "(arXiv 2511.21635 diagnostics). Self-contained: opens offline.</p></header>",
+             '<section id="alignment"><h2>Layer alignment (CKA)</h2>', f"<p>{_e(_CKA_READING)}</p>",
+             _alignment_body(result, align_dir / "figures" / "cka.png"), "</section>",
+             '<section id="provenance"><h2>Provenance</h2>',
+             _meta([(f"run A ({a})", f"<code>{_e(_get(result, 'a', 'run_dir'))}</code>"),
+                    (f"run B ({b})", f"<code>{_e(_get(result, 'b', 'run_dir'))}</code>"),
+                    ("images", f"{_num(result.get('n_images'))} of {_num(result.get('n_common'))} analyzed in both"),
+                    ("bootstrap", f"{_num(result.get('n_boot'))} replicates, seed {_num(result.get('seed'))}"),
+                    ("method", _e(result.get("method")))]),
+             _json_block("align.json (complete)", result), "</section>"]
+    out = align_dir / "report.html"
     out.write_text(_page(title, "\n".join(parts)), encoding="utf-8")
     return out
