@@ -86,6 +86,7 @@ def test_model_with_itself_matches_the_same_layer(runs, tmp_path):
 
 def test_self_alignment_and_run_report(runs, tmp_path):
     run = _copy(runs["S"], tmp_path / "S")
+    (run / "cka_self.json").unlink()  # analyze wrote one: start from a run without it
     write_run_report(run)
     assert "Layer×layer similarity within the model (CKA)" not in (run / "report.html").read_text()
     res = write_self_alignment(run, token_set="mean", samples=100, n_boot=30, seed=0)

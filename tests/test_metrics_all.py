@@ -43,7 +43,10 @@ def test_docs_list_every_metric_and_are_current():
 
 def test_metric_groups_and_errors():
     core, paper, every = resolve_metrics("core"), resolve_metrics("paper"), resolve_metrics("all")
-    assert core < paper < every == resolve_metrics(None) == frozenset(METRICS)
+    causal = resolve_metrics("interventions")
+    assert core < paper < every == resolve_metrics(None) == frozenset(METRICS) - causal
+    assert causal and all("interventions" in METRICS[m].groups for m in causal)
+    assert "lens_kl" in every and "cls_swap_acc" not in every  # extra forwards only when asked for
     assert "isi_rec" in paper and "isi_rec" not in core and "probe_acc_logistic" not in paper
     assert resolve_metrics("core,nc1") == core | {"nc1"}
     with pytest.raises(VitdepthError, match="did you mean isi_rec"):
@@ -54,7 +57,7 @@ def test_metrics_all_on_hf_vit_and_folder_writes_every_documented_id(hf_dirs, tm
     data = _folder(tmp_path / "imgs")
     out = tmp_path / "run"
     assert main(["analyze", f"hf:{hf_dirs['vit']}", "--data", f"folder:{data}", "--metrics", "all", "--out", str(out),
-                 "--quiet"]) == 0
+                 "--interventions", "cls", "--quiet"]) == 0
     rows = list(csv.DictReader(open(out / "layers.csv")))
     documented = set(re.findall(r"^### `([a-z0-9_]+)`", DOCS.read_text(), flags=re.M))
     assert {r["metric"] for r in rows} == documented

@@ -13,7 +13,7 @@ from vitdepth import VitdepthError
 from vitdepth.analysis.run import AnalyzeConfig, analyze
 from vitdepth.data import DigitsSource, FolderSource, PreprocessConfig, build_transform
 
-FAST = dict(quiet=True, figures=False, metrics="core", n_boot=50, n_boot_phases=10)
+FAST = dict(quiet=True, figures=False, metrics="core", n_boot=50, n_boot_phases=10, cka_samples=0)
 
 
 @pytest.fixture(scope="module")

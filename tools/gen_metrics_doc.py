@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitdepth.metrics.catalog import FAMILIES, GROUPS, METRICS
+from vitdepth.metrics.catalog import FAMILIES, GROUPS, METRICS, OPT_IN_GROUPS
 
 HEADER = """# Metrics
 
@@ -23,7 +23,12 @@ centring in token similarity, or its ISI regressor and projections: those defini
 
 **Selecting metrics**: `vitdepth analyze ... --metrics GROUPS_OR_IDS` with groups {groups}
 and single ids, comma-separated. The default is every metric the model supports (`all`);
-`--probe logistic` adds the logistic probe to a smaller selection. A model without a [CLS]
+`--probe logistic` adds the logistic probe to a smaller selection. The causal [CLS] tests (group
+`interventions`) cost about three extra forwards per layer and are never part of `all`: ask for
+them with `--interventions cls` (optionally on a subset: `--intervention-samples N`) or by id.
+The head lens and the interventions need the model's own classification head, found and verified
+against the model's output on the first images (`causal.readout` in run.json); a model without one
+reports the reason instead. A model without a [CLS]
 token gets no rows for the CLS metrics (listed under `metrics.not_applicable` in run.json),
 never zeros.
 
@@ -99,7 +104,7 @@ def render() -> str:
             continue
         out.append(f"## {title}\n")
         for m in members:
-            groups = ", ".join(m.groups + ("all",))
+            groups = ", ".join(m.groups if OPT_IN_GROUPS & set(m.groups) else m.groups + ("all",))
             sets = f" Token sets: {', '.join(m.token_sets)}." if m.token_sets else ""
             layers = {"all": "pre, 0..L", "tokens": "0..L", "blocks": "1..L (blocks)"}[m.layers]
             cls = " Needs a [CLS] token." if m.requires_cls else ""
