@@ -63,12 +63,14 @@ def _shift(a: dict, b: dict, what: str, la: str | None, lb: str | None, da: floa
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: bool = False,
-                 overwrite: bool = False, figures: bool = True, align: bool = False) -> Path:
+                 overwrite: bool = False, figures: bool = True, align: bool = False,
+                 align_samples: int = 1024) -> Path:
     """Compare run directories (in the order given, e.g. S, B, L) and write ``out``.
 
     With ``align``, each consecutive pair is also aligned layer by layer (debiased linear CKA of the cached mean
     features, :mod:`vitdepth.align`, default subset, bootstrap and seed) into ``alignment/<i>-<j>/`` (align.json,
-    cka.csv, figures/cka.png|pdf), listed under ``alignments`` in compare.json and shown in the report.
+    cka.csv, figures/cka.png|pdf), listed under ``alignments`` in compare.json and shown in the report;
+    ``align_samples`` images (a seeded subset of those both runs analyzed) enter the CKA.
 
     Raises:
         VitdepthError: fewer than two runs, a run directory that is not one, runs on different data (unless
@@ -128,7 +130,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
             result["alignments"] = []
             for i, prepared in pairs:
                 rel = f"alignment/{i + 1}-{i + 2}"
-                al = compute_alignment(prepared)
+                al = compute_alignment(prepared, samples=align_samples)
                 write_alignment(od.tmp / rel, al, figures=figures, report=False)
                 result["alignments"].append({"from": models[i]["name"], "to": models[i + 1]["name"], "dir": rel,
                                              "sentences": al["sentences"], "summary": al["summary"]})

@@ -17,6 +17,8 @@ SIZES = ("S", "B", "L")
 #: images the demo runs the causal [CLS] tests on (of the 1797): each costs about 3 forwards per layer, so the
 #: subset keeps the demo within a minute on a laptop CPU; ``vitdepth analyze --interventions cls`` takes all
 INTERVENTION_SAMPLES = 120
+#: images of the S → B → L CKA alignment (its bootstrap grows with the square of the count)
+ALIGN_SAMPLES = 512
 
 
 def demo_models_dir() -> Path:
@@ -54,7 +56,7 @@ def run_demo(out: str | Path = "vitdepth-demo", overwrite: bool = True, quiet: b
                                               intervention_samples=INTERVENTION_SAMPLES)))
             if not quiet:
                 print(f"analyzed ViT-{size} in {time.perf_counter() - t:.1f}s", flush=True)
-        compare_runs(runs, od.tmp / "compare", align=True)
+        compare_runs(runs, od.tmp / "compare", align=True, align_samples=ALIGN_SAMPLES)
         final = od.commit()
     runs = [final / size for size in SIZES]
     cmp_dir = final / "compare"

@@ -27,8 +27,9 @@ from .phases import (
 from .results import layer_order, load_run
 
 # (metric, token_set) curves that get a phase fit when present
-FITTED = (("token_sim", ""), ("isi_attn", ""), ("isi_rec", ""), ("probe_acc", "cls"), ("probe_acc", "mean"),
-          ("cls_centrality", ""))
+FITTED = (("token_sim", ""), ("token_sim_centered", ""), ("isi_attn", ""), ("isi_rec", ""), ("probe_acc", "cls"),
+          ("probe_acc", "mean"), ("cls_centrality", ""), ("lens_acc", ""), ("cls_swap_follow", ""),
+          ("cls_knockout_kl", ""))
 
 
 def curve_key(metric: str, token_set: str) -> str:
