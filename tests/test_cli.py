@@ -56,7 +56,7 @@ def _leftovers(parent: Path) -> list[str]:
 def test_analyze_digits_end_to_end(tmp_path, tiny_ckpt, capsys):
     out = tmp_path / "run"
     code, stdout, stderr = _run(["analyze", f"file:{tiny_ckpt}", "--data", "digits", "--samples", "300",
-                                 "--out", str(out), "--batch-size", "64"], capsys)
+                                 "--out", str(out), "--batch-size", "64", "--figure-format", "png,pdf"], capsys)
     assert code == 0, stderr
     assert "best mean probe" in stdout and str(out) in stdout
     for f in ("run.json", "layers.csv", "layers.parquet", "per_image.npz", "cache/meta.json", "cache/mean.f16",

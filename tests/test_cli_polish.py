@@ -85,3 +85,15 @@ def test_analyze_prints_the_phase_summary_and_progress_to_a_log(tiny_file_model,
     assert phase_summary(tmp_path / "r").strip() in proc.stdout
     assert "analyze: 120/120 img (100%)" in proc.stderr  # not a TTY: plain lines
     assert "ridge probes ... " in proc.stderr and "\r" not in proc.stderr
+
+
+def test_figure_formats_png_by_default_and_unknown_ones_refused(tmp_path, capsys):
+    from vitdepth.report.figures import parse_formats
+
+    assert parse_formats("png") == ("png",) and parse_formats("pdf") == ("png", "pdf")  # the report embeds PNG
+    assert parse_formats(" PDF , svg,pdf") == ("png", "pdf", "svg")
+    out = tmp_path / "run"
+    assert cli.main(["analyze", "timm:vit_tiny_patch16_224", "--out", str(out), "--figure-format", "png,gif"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--figure-format 'gif' is not known" in err[0]
+    assert not out.exists()

@@ -9,7 +9,7 @@ and computes the layer × layer debiased linear CKA matrix with bootstrap CIs
 relative depth, is the alignment counterpart of ``vitdepth compare``'s phase shifts ("layer 12 of ViT-B ≈
 layer 22 of ViT-L").
 
-Outputs (an output directory of kind ``align``): ``align.json``, ``cka.csv`` (tidy), ``figures/cka.png|pdf``
+Outputs (an output directory of kind ``align``): ``align.json``, ``cka.csv`` (tidy), ``figures/cka.<format>``
 (heat map with the matching path) and ``report.html``. :func:`write_self_alignment` computes the same within
 one model (``cka_self.json`` in a run directory: the block structure of the Plateau).
 """
@@ -287,8 +287,9 @@ def _write_csv(path: Path, result: dict) -> None:
                                        (result["cka"][i][j], result["cka_ci_low"][i][j], result["cka_ci_high"][i][j])])
 
 
-def write_alignment(directory: Path, result: dict, figures: bool = True, report: bool = True) -> None:
-    """Write ``align.json``, ``cka.csv`` and (``figures``) ``figures/cka.png|pdf`` (+ ``report.html``) into
+def write_alignment(directory: Path, result: dict, figures: bool = True, report: bool = True,
+                    formats: tuple[str, ...] = ("png",)) -> None:
+    """Write ``align.json``, ``cka.csv`` and (``figures``) ``figures/cka.<format>`` (+ ``report.html``) into
     ``directory`` (created)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "align.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
@@ -296,7 +297,7 @@ def write_alignment(directory: Path, result: dict, figures: bool = True, report:
     if figures:
         from .report.figures import write_cka_figure
 
-        write_cka_figure(directory / "figures" / "cka", result)
+        write_cka_figure(directory / "figures" / "cka", result, formats)
         if report:
             from .report.html import write_align_report
 
@@ -309,12 +310,12 @@ def _output_dir(out: str | Path, overwrite: bool, inputs: list[Path]) -> OutputD
 
 def align_runs(run_a: str | Path, run_b: str | Path, out: str | Path, *, token_set: str = "mean",
                samples: int = 1024, n_boot: int = 200, seed: int = 0, overwrite: bool = False,
-               figures: bool = True) -> Path:
+               figures: bool = True, formats: tuple[str, ...] = ("png",)) -> Path:
     """Align the layers of two runs made on the same images and write the output directory ``out``.
 
     Args:
         run_a, run_b: run directories written by ``vitdepth analyze`` (with their ``cache/``); A on the y axis.
-        out: the output directory (kind ``align``): align.json, cka.csv, figures/cka.png|pdf, report.html.
+        out: the output directory (kind ``align``): align.json, cka.csv, figures/cka.<format>, report.html.
         token_set: ``mean`` (mean patch token; every model) or ``cls`` (models with a [CLS] token).
         samples: images drawn by ``seed`` from those analyzed in both runs (all when fewer). Memory holds
             (layers_A + layers_B)·samples²·8 bytes of Grams.
@@ -338,7 +339,7 @@ def align_runs(run_a: str | Path, run_b: str | Path, out: str | Path, *, token_s
     a, b, common = _prepare(res_a, res_b, token_set)
     result = _compute(a, b, common, token_set, samples, n_boot, seed)
     with od:
-        write_alignment(od.tmp, result, figures=figures)
+        write_alignment(od.tmp, result, figures=figures, formats=formats)
         out = od.commit()
     return Path(out)
 
@@ -426,8 +427,8 @@ def self_alignment(run_dir: str | Path, *, token_set: str = "mean", samples: int
 
 
 def write_self_alignment(run_dir: Path, *, token_set: str = "mean", samples: int = 1024, n_boot: int = 200,
-                         seed: int = 0, figures: bool = True) -> dict | None:
-    """Write ``cka_self.json`` (and, with ``figures``, ``figures/cka_self.png|pdf``) into a run directory.
+                         seed: int = 0, figures: bool = True, formats: tuple[str, ...] = ("png",)) -> dict | None:
+    """Write ``cka_self.json`` (and, with ``figures``, ``figures/cka_self.<format>``) into a run directory.
 
     Returns the result, or None (nothing written) when the run cannot have one: no cache, no such token set,
     fewer than 8 images with finite features. Meant for the analysis post-pass, on the directory being built.
@@ -441,7 +442,7 @@ def write_self_alignment(run_dir: Path, *, token_set: str = "mean", samples: int
     if figures:
         from .report.figures import write_cka_self_figure
 
-        write_cka_self_figure(run_dir / "figures" / "cka_self", result)
+        write_cka_self_figure(run_dir / "figures" / "cka_self", result, formats)
     return result
 
 
@@ -473,14 +474,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--boot", type=_int_in("--boot", 1), default=200, help="bootstrap replicates (default: 200)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the subset and the bootstrap (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing alignment directory")
+    p.add_argument("--figure-format", default="png", metavar="FORMATS",
+                   help="figure files: png, pdf, svg, comma-separated (default: png; the report embeds the PNG)")
     p.add_argument("--quiet", action="store_true", help="print nothing")
     p.set_defaults(handler=_handle)
     return p
 
 
 def _handle(args: argparse.Namespace) -> int:
+    from .report.figures import parse_formats
+
     out = align_runs(args.run_a, args.run_b, args.out, token_set=args.token_set, samples=args.samples,
-                     n_boot=args.boot, seed=args.seed, overwrite=args.overwrite)
+                     n_boot=args.boot, seed=args.seed, overwrite=args.overwrite,
+                     formats=parse_formats(args.figure_format))
     if not args.quiet:
         print(align_summary(out))
         print(f"alignment report: {Path(out) / 'report.html'}")

@@ -124,6 +124,8 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cka-samples", type=_int_in("--cka-samples", 0), default=512, metavar="N",
                    help="images of the layer x layer CKA within the model (cka_self.json; 0: skip it)")
     a.add_argument("--name", default=None, help="model name shown in tables and figures")
+    a.add_argument("--figure-format", default="png", metavar="FORMATS",
+                   help="figure files: png, pdf, svg, comma-separated (the report embeds the PNG)")
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     a.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     a.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
@@ -174,6 +176,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-mixed-data", action="store_true", help="compare runs made on different data")
     c.add_argument("--align", action="store_true", help="also align consecutive runs layer by layer (CKA heat maps)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
+    c.add_argument("--figure-format", default="png", metavar="FORMATS",
+                   help="figure files: png, pdf, svg, comma-separated (the report embeds the PNG)")
     c.add_argument("--quiet", action="store_true", help="no summary")
 
     d = _subparser(sub, "demo", "analyze the shipped digits S/B/L family, compare, write reports")
@@ -206,7 +210,8 @@ def _cmd_analyze(args) -> int:
                         preprocess=tuple(args.preprocess or ()), dtype=args.dtype, resume=args.resume,
                         checkpoint_every=args.checkpoint_every, command_line=("vitdepth", *args.argv),
                         interventions=tuple(args.interventions or ()),
-                        intervention_samples=args.intervention_samples, cka_samples=args.cka_samples)
+                        intervention_samples=args.intervention_samples, cka_samples=args.cka_samples,
+                        figure_formats=args.figure_format)
     out = analyze(cfg)
     if not args.quiet and out is not None and (Path(out) / "run.json").is_file():  # torchrun: rank 0 prints
         from .report.summary import phase_summary
@@ -272,9 +277,10 @@ def _cmd_train(args) -> int:
 
 def _cmd_compare(args) -> int:
     from .compare import compare_runs, compare_summary
+    from .report.figures import parse_formats
 
     out = compare_runs(args.runs, args.out, allow_mixed_data=args.allow_mixed_data, overwrite=args.overwrite,
-                       align=args.align)
+                       align=args.align, figure_formats=parse_formats(args.figure_format))
     if not args.quiet:
         print(compare_summary(out))
         print(f"comparison report: {out / 'report.html'}")

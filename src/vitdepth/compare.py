@@ -64,12 +64,12 @@ def _shift(a: dict, b: dict, what: str, la: str | None, lb: str | None, da: floa
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: bool = False,
                  overwrite: bool = False, figures: bool = True, align: bool = False,
-                 align_samples: int = 1024) -> Path:
+                 align_samples: int = 1024, figure_formats: tuple[str, ...] = ("png",)) -> Path:
     """Compare run directories (in the order given, e.g. S, B, L) and write ``out``.
 
     With ``align``, each consecutive pair is also aligned layer by layer (debiased linear CKA of the cached mean
     features, :mod:`vitdepth.align`, default subset, bootstrap and seed) into ``alignment/<i>-<j>/`` (align.json,
-    cka.csv, figures/cka.png|pdf), listed under ``alignments`` in compare.json and shown in the report;
+    cka.csv, figures/cka.<format>), listed under ``alignments`` in compare.json and shown in the report;
     ``align_samples`` images (a seeded subset of those both runs analyzed) enter the CKA.
 
     Raises:
@@ -131,7 +131,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
             for i, prepared in pairs:
                 rel = f"alignment/{i + 1}-{i + 2}"
                 al = compute_alignment(prepared, samples=align_samples)
-                write_alignment(od.tmp / rel, al, figures=figures, report=False)
+                write_alignment(od.tmp / rel, al, figures=figures, report=False, formats=figure_formats)
                 result["alignments"].append({"from": models[i]["name"], "to": models[i + 1]["name"], "dir": rel,
                                              "sentences": al["sentences"], "summary": al["summary"]})
         (od.tmp / "compare.json").write_text(json.dumps(result, indent=2))
@@ -139,7 +139,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, allow_mixed_data: 
             from .report.figures import write_compare_figures
             from .report.html import write_compare_report
 
-            write_compare_figures(od.tmp, runs, phases, [m["name"] for m in models], OVERLAY)
+            write_compare_figures(od.tmp, runs, phases, [m["name"] for m in models], OVERLAY, figure_formats)
             write_compare_report(od.tmp)
         out = od.commit()
     return out

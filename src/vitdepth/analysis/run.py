@@ -131,6 +131,7 @@ class AnalyzeConfig:
     interventions: tuple[str, ...] = ()  # --interventions cls: the causal [CLS] tests (extra forwards per layer)
     intervention_samples: int | None = None  # --intervention-samples: run them on a seeded subset of N images
     cka_samples: int = 512  # --cka-samples: images of the layer x layer CKA within the model (0: none)
+    figure_formats: tuple[str, ...] = ("png",)  # --figure-format: png always (the report embeds it), pdf / svg
     extra: dict = field(default_factory=dict)
 
 
@@ -161,6 +162,9 @@ def _config_record(cfg: AnalyzeConfig) -> dict:
 
 def _validate(cfg: AnalyzeConfig) -> None:
     """Numeric options, checked before anything is loaded (each error names the flag)."""
+    from ..report.figures import parse_formats
+
+    cfg.figure_formats = parse_formats(cfg.figure_formats)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise VitdepthError(f"--seed must be an integer from 0 to {2**32 - 1}, got {cfg.seed}")
     if cfg.samples is not None and (not isinstance(cfg.samples, int) or cfg.samples < 1):
@@ -1119,12 +1123,12 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
 
         with stages("cka_self_s", "layer x layer CKA"):  # the block structure of the Plateau (reads the cache)
             write_self_alignment(tmp, token_set="mean", samples=cfg.cka_samples, n_boot=cfg.n_boot_phases,
-                                 seed=cfg.seed, figures=cfg.figures)
+                                 seed=cfg.seed, figures=cfg.figures, formats=cfg.figure_formats)
     if cfg.figures:
         from ..report.figures import write_run_figures
 
         with stages("figures_s", "figures"):
-            write_run_figures(tmp, rows=rows_out, model=name, phases=phases)
+            write_run_figures(tmp, rows=rows_out, model=name, phases=phases, formats=cfg.figure_formats)
     if cfg.figures and cfg.report:
         from ..report.html import write_run_report
 

@@ -1,4 +1,4 @@
-"""Per-family figures of a run: one PNG (and PDF) per metric family, CI bands, ``pre`` shown.
+"""Per-family figures of a run: one PNG per metric family (PDF / SVG on request), CI bands, ``pre`` shown.
 
 Reads only result rows (design §2): x is the layer index with ``pre`` at −1.
 
@@ -41,6 +41,24 @@ Y_LABELS = {
     "nc3": "‖W − M‖_F, normalised (0…2)",
     "nc4": "disagreement (0…1)",
 }
+#: Formats written by default: PNG (what the HTML report embeds). A PDF costs about as much again per figure,
+#: so it is written only when asked for (``--figure-format png,pdf``).
+FIGURE_FORMATS = ("png",)
+KNOWN_FORMATS = ("png", "pdf", "svg")
+
+
+def parse_formats(text: str | tuple | list) -> tuple[str, ...]:
+    """``"png,pdf"`` → ``("png", "pdf")``; PNG is always included (the report embeds it)."""
+    from .._errors import VitdepthError
+
+    parts = [p.strip().lower() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    bad = [p for p in parts if p not in KNOWN_FORMATS]
+    if bad:
+        raise VitdepthError(f"--figure-format {bad[0]!r} is not known; use a comma-separated list of "
+                            f"{', '.join(KNOWN_FORMATS)} (e.g. png,pdf)")
+    return tuple(dict.fromkeys(["png", *parts]))
+
+
 # metrics that span orders of magnitude over depth (NC1 falls from ~10³ to ~1): drawn on a log axis when positive
 LOG_Y = frozenset({"nc1"})
 MAX_COLS = 3
@@ -157,9 +175,9 @@ def run_figures(rows: list[dict], model: str, phases: dict | None = None) -> dic
     return figs
 
 
-def write_run_figures(run_dir: Path, rows: list[dict], model: str, formats=("png", "pdf"),
+def write_run_figures(run_dir: Path, rows: list[dict], model: str, formats=FIGURE_FORMATS,
                       phases: dict | None = None) -> list[Path]:
-    """Write ``figures/<family>.{png,pdf}`` for every family present in ``rows`` (see :func:`run_figures`)."""
+    """Write ``figures/<family>.<format>`` for every family present in ``rows`` (see :func:`run_figures`)."""
     plt = _plt()
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +233,8 @@ def compare_figures(runs, phases: list[dict], names: list[str], curves) -> dict:
 
 
 def write_compare_figures(out_dir: Path, runs, phases: list[dict], names: list[str], curves,
-                          formats=("png", "pdf")) -> list[Path]:
-    """Write ``figures/<metric>[_<token set>].{png,pdf}`` overlays (see :func:`compare_figures`)."""
+                          formats=FIGURE_FORMATS) -> list[Path]:
+    """Write ``figures/<metric>[_<token set>].<format>`` overlays (see :func:`compare_figures`)."""
     plt = _plt()
     fig_dir = Path(out_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -320,11 +338,11 @@ def _save(fig, stem: Path, formats) -> list[Path]:
     return written
 
 
-def write_cka_figure(stem: Path, result: dict, formats=("png", "pdf")) -> list[Path]:
-    """Write ``stem.png`` / ``stem.pdf`` of :func:`cka_figure`."""
+def write_cka_figure(stem: Path, result: dict, formats=FIGURE_FORMATS) -> list[Path]:
+    """Write ``stem.<format>`` of :func:`cka_figure`."""
     return _save(cka_figure(result), stem, formats)
 
 
-def write_cka_self_figure(stem: Path, result: dict, formats=("png", "pdf")) -> list[Path]:
-    """Write ``stem.png`` / ``stem.pdf`` of :func:`cka_self_figure`."""
+def write_cka_self_figure(stem: Path, result: dict, formats=FIGURE_FORMATS) -> list[Path]:
+    """Write ``stem.<format>`` of :func:`cka_self_figure`."""
     return _save(cka_self_figure(result), stem, formats)
