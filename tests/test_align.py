@@ -139,6 +139,13 @@ def test_refusals_are_one_line_and_write_nothing(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitdepth: error:") and "no feature cache" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x5").exists()
+    user = tmp_path / "mine"  # a folder vitdepth did not write is never replaced, --overwrite or not
+    user.mkdir()
+    (user / "notes.md").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        assert main(["align", str(s), str(b), "--out", str(user), *extra]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert [p.name for p in user.iterdir()] == ["notes.md"] and (user / "notes.md").read_text() == "mine"
 
 
 def test_cli_align_and_compare_align(runs, tmp_path, capsys):

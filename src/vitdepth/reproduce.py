@@ -119,6 +119,11 @@ QUICK_SETTINGS: dict[str, Any] = {"samples": 500, "n_boot": 100, "n_boot_phases"
 # Claims
 # ---------------------------------------------------------------------------------------------------------------
 
+
+#: The abstract's sentence behind the [CLS] / patch-consensus claims (several claims test it, each its own way).
+MARGINALIZATION = ("better performance is associated with progressive marginalization of the [CLS] token, originally "
+                   "designed as a global aggregation hub, in favor of distributed consensus among patch tokens")
+
 @dataclass(frozen=True)
 class Claim:
     """One quantitative claim of the paper and how we check it.
@@ -177,24 +182,21 @@ CLAIMS: tuple[Claim, ...] = (
             "default thresholds), per model. Reproduced when the fit is labelled cliff-plateau-climb for S, B and L."),
     Claim(
         id="cls_marginalization", title="[CLS] is marginalized with depth (CLS Centrality falls)",
-        statement="better performance is associated with progressive marginalization of the [CLS] token, originally "
-                  "designed as a global aggregation hub, in favor of distributed consensus among patch tokens",
+        statement=MARGINALIZATION,
         location="Abstract", source=PAPER["html"], rule="trend_with_depth",
         params={"metric": "cls_centrality", "direction": "falls", "models": list(SIZES)},
         how="cls_centrality (attention patches pay to [CLS]) averaged over the last third of the blocks against the "
             "first third, per model. Reproduced when it is lower in the last third for S, B and L."),
     Claim(
         id="patch_consensus", title="Patch tokens reach consensus with depth (ACI rises)",
-        statement="better performance is associated with progressive marginalization of the [CLS] token, originally "
-                  "designed as a global aggregation hub, in favor of distributed consensus among patch tokens",
+        statement=MARGINALIZATION,
         location="Abstract", source=PAPER["html"], rule="trend_with_depth",
         params={"metric": "attn_consensus", "direction": "rises", "models": list(SIZES)},
         how="attn_consensus (Attention Consensus Index) averaged over the last third of the blocks against the first "
             "third, per model. Reproduced when it is higher in the last third for S, B and L."),
     Claim(
         id="mean_probe_vs_cls", title="Mean-pooled patch tokens carry the class as well as [CLS]",
-        statement="better performance is associated with progressive marginalization of the [CLS] token, originally "
-                  "designed as a global aggregation hub, in favor of distributed consensus among patch tokens",
+        statement=MARGINALIZATION,
         location="Abstract", source=PAPER["html"], rule="final_probe_margin",
         params={"metric": "probe_acc", "token_set": "mean", "against": "cls", "tolerance": 0.01,
                 "models": list(SIZES)},
@@ -202,8 +204,7 @@ CLAIMS: tuple[Claim, ...] = (
             "Reproduced when the mean-pooled probe is at most 1 point (0.01) below the [CLS] probe in S, B and L."),
     Claim(
         id="cls_causal", title="Patches no longer need [CLS] late in the network (causal knock-out)",
-        statement="better performance is associated with progressive marginalization of the [CLS] token, originally "
-                  "designed as a global aggregation hub, in favor of distributed consensus among patch tokens",
+        statement=MARGINALIZATION,
         location="Abstract", source=PAPER["html"], rule="knockout_cost",
         params={"metric": "cls_knockout_acc", "from_fraction": 2 / 3, "tolerance": 0.01, "models": list(SIZES),
                 "also": ["cls_knockout_kl", "cls_swap_follow"]},
