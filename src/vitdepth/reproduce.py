@@ -124,6 +124,7 @@ QUICK_SETTINGS: dict[str, Any] = {"samples": 500, "n_boot": 100, "n_boot_phases"
 MARGINALIZATION = ("better performance is associated with progressive marginalization of the [CLS] token, originally "
                    "designed as a global aggregation hub, in favor of distributed consensus among patch tokens")
 
+
 @dataclass(frozen=True)
 class Claim:
     """One quantitative claim of the paper and how we check it.
