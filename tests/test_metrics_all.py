@@ -44,7 +44,10 @@ def test_docs_list_every_metric_and_are_current():
 def test_metric_groups_and_errors():
     core, paper, every = resolve_metrics("core"), resolve_metrics("paper"), resolve_metrics("all")
     causal = resolve_metrics("interventions")
-    assert core < paper < every == resolve_metrics(None) == frozenset(METRICS) - causal
+    assert core < paper < every == frozenset(METRICS) - causal
+    # the default is `all` without the logistic probe (seconds of fixed work; the ridge probe is always on)
+    assert resolve_metrics(None) == resolve_metrics("") == every - {"probe_acc_logistic"}
+    assert "probe_acc_logistic" in every and "probe_acc" in resolve_metrics(None)
     assert causal and all("interventions" in METRICS[m].groups for m in causal)
     assert "lens_kl" in every and "cls_swap_acc" not in every  # extra forwards only when asked for
     assert "isi_rec" in paper and "isi_rec" not in core and "probe_acc_logistic" not in paper

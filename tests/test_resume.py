@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vitdepth.cli import main as cli_main
 from vitdepth import VitdepthError
 from vitdepth.outputs import FAULT_ENV, partial_dir
 
@@ -216,8 +217,7 @@ def test_torchrun_two_processes_equal_one(tiny_file_model, tmp_path):
     metrics and probe accuracies identical, isi_rec within float tolerance (sums added in another order)."""
     args = ["analyze", f"file:{tiny_file_model}", "--data", "digits", "--samples", "200", "--batch-size", "16",
             "--quiet", "--no-self-check"]
-    one = subprocess.run([*VITDEPTH, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
+    assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0  # in process: the subprocesses are torchrun's
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 "-m", "vitdepth"]
     two = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], capture_output=True, text=True,
@@ -247,8 +247,7 @@ def test_torchrun_killed_and_resumed_per_rank_equals_one_process(tiny_file_model
     resumed under torchrun with --resume, and the run equals the one-process run."""
     args = ["analyze", f"file:{tiny_file_model}", "--data", "digits", "--samples", "160", "--batch-size", "16",
             "--quiet", "--no-self-check", "--checkpoint-every", "0"]
-    one = subprocess.run([*VITDEPTH, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
+    assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0  # in process: the subprocesses are torchrun's
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 "-m", "vitdepth"]
     out = tmp_path / "two"

@@ -217,7 +217,7 @@ def test_hf_no_cls_model_with_all_metrics_and_its_own_processor(tmp_path):
         patch_size=8)).save_pretrained(d)
     transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
     run_dir = analyze(AnalyzeConfig(model=f"hf:{d}", data="digits", samples=120, out=str(tmp_path / "r"),
-                                    quiet=True, figures=False, n_boot=50, n_boot_phases=20))
+                                    quiet=True, figures=False, n_boot=50, n_boot_phases=20, metrics="all"))
     res = load_run(run_dir)
     assert "cls" not in {r["token_set"] for r in res.rows}
     assert {"isi_rec", "nc1", "probe_acc_logistic", "attn_consensus"} <= {r["metric"] for r in res.rows}

@@ -22,8 +22,9 @@ centring in token similarity, or its ISI regressor and projections: those defini
 **ours**, written out below and in the code.
 
 **Selecting metrics**: `vitdepth analyze ... --metrics GROUPS_OR_IDS` with groups {groups}
-and single ids, comma-separated. The default is every metric the model supports (`all`);
-`--probe logistic` adds the logistic probe to a smaller selection. The causal [CLS] tests (group
+and single ids, comma-separated. The default is every metric the model supports except the logistic
+probe (its L-BFGS fits cost seconds whatever the data size; the paper's probe is the ridge one, always on):
+`--metrics all` includes it, and `--probe logistic` adds it to any selection. The causal [CLS] tests (group
 `interventions`) cost about three extra forwards per layer and are never part of `all`: ask for
 them with `--interventions cls` (optionally on a subset: `--intervention-samples N`) or by id.
 The head lens and the interventions need the model's own classification head, found and verified

@@ -222,6 +222,11 @@ FAMILIES: dict[str, str] = {
 GROUPS = ("core", "paper", "all", "interventions")
 #: groups whose ids ``all`` leaves out: they cost extra forwards (asked for by name or ``--interventions cls``)
 OPT_IN_GROUPS = frozenset({"interventions"})
+#: ids in ``all`` but not in the default selection: their cost does not shrink with the data (the logistic probe's
+#: L-BFGS over every layer x token set x weight decay takes seconds even at 2,000 images, about as long as the whole
+#: pass of a small model), and the paper's probe is the ridge one, which is always on. ``--metrics all`` or
+#: ``--probe logistic`` turns them on.
+NOT_BY_DEFAULT = frozenset({"probe_acc_logistic"})
 
 
 def list_metrics(family: str | None = None) -> list[str]:
@@ -232,16 +237,17 @@ def list_metrics(family: str | None = None) -> list[str]:
 def resolve_metrics(spec: str | None) -> frozenset[str]:
     """Metric ids selected by ``--metrics``: groups ``core``, ``paper``, ``all`` and single ids, comma-separated.
 
-    ``None`` means ``all``. ``core`` is the single-pass set of the first release (similarity, attention-form ISI,
-    ridge probes); ``paper`` adds everything the paper measures; ``all`` adds the logistic probe and the head lens.
-    ``interventions`` (the causal [CLS] tests, 2–3 extra forwards per layer) is never part of ``all``: name it.
+    ``None`` (no ``--metrics``) means ``all`` without :data:`NOT_BY_DEFAULT` (the logistic probe). ``core`` is the
+    single-pass set of the first release (similarity, attention-form ISI, ridge probes); ``paper`` adds everything
+    the paper measures; ``all`` adds the logistic probe and the head lens. ``interventions`` (the causal [CLS]
+    tests, 2–3 extra forwards per layer) is never part of ``all``: name it.
     """
     import difflib
 
     from .._errors import VitdepthError
 
     if spec is None or not spec.strip():
-        spec = "all"
+        return resolve_metrics("all") - NOT_BY_DEFAULT
     chosen: set[str] = set()
     for part in (p.strip() for p in spec.split(",")):
         if part == "all":
