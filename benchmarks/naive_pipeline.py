@@ -16,9 +16,13 @@ preprocessing (``ViTImageProcessor`` from the model directory's ``preprocessor_c
 the same train / val / test split as vitdepth (``vitdepth.data.stratified_splits``, 70/10/20, seed 0), so
 both score their probes on the same test images. Val is not used (no hyper-parameter search here).
 
+With ``--folder DIR`` (an ImageFolder tree, ``DIR/<class>/<image>``, as issue "Fast where users wait" measures
+it) the images are read from the files instead: listed in vitdepth's order (sorted classes, sorted files) so the
+split is the same, and decoded with PIL batch by batch inside the forward loop, as such scripts usually do.
+
 Usage::
 
-    .venv/bin/python benchmarks/naive_pipeline.py MODEL_DIR --out result.json [--batch-size 32]
+    .venv/bin/python benchmarks/naive_pipeline.py MODEL_DIR --out result.json [--batch-size 32] [--folder DIR]
 
 Prints nothing but a final line; the result (accuracies, token-similarity curve, timings, own peak RSS) goes
 to ``--out`` as JSON.
@@ -34,6 +38,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -53,14 +58,22 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folder", default=None, help="read the images from this ImageFolder tree of files")
     args = ap.parse_args()
     t = {"imports_s": time.perf_counter() - T_START}
 
     t0 = time.perf_counter()
-    digits = load_digits()
-    gray = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    images = [Image.fromarray(np.repeat(g[:, :, None], 3, axis=2), mode="RGB") for g in gray]
-    labels = digits.target.astype(np.int64)
+    if args.folder:
+        root = Path(args.folder)
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).rglob("*.png"))]
+        images = [f for f, _ in files]  # paths: decoded in the forward loop
+        labels = np.array([c for _, c in files], dtype=np.int64)
+    else:
+        digits = load_digits()
+        gray = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        images = [Image.fromarray(np.repeat(g[:, :, None], 3, axis=2), mode="RGB") for g in gray]
+        labels = digits.target.astype(np.int64)
     splits = stratified_splits(labels, (0.7, 0.1, 0.2), seed=args.seed)
     processor = ViTImageProcessor.from_pretrained(args.model_dir)
     model = ViTForImageClassification.from_pretrained(args.model_dir, attn_implementation="eager").eval()
@@ -71,7 +84,8 @@ def main() -> None:
     hidden_batches, attn_batches = [], []
     with torch.no_grad():
         for i in range(0, len(images), args.batch_size):
-            pixels = processor(images=images[i:i + args.batch_size], return_tensors="pt")["pixel_values"]
+            batch = [Image.open(x).convert("RGB") if isinstance(x, Path) else x for x in images[i:i + args.batch_size]]
+            pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
             out = model(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
             hidden_batches.append([h.numpy() for h in out.hidden_states])
             attn_batches.append([a.numpy() for a in out.attentions])

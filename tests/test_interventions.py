@@ -17,7 +17,7 @@ from vitdepth import VitdepthError
 from vitdepth.analysis.causal import donors
 from vitdepth.metrics.predictions import donor_follow, kl_divergence, top1_correct
 from vitdepth.models import tap_module
-from vitdepth.models.interventions import block_key, edit_stream
+from vitdepth.models.interventions import block_key, edit_stream, edit_streams, reuse_clean_prefix
 from vitdepth.models.readout import find_readout
 
 
@@ -123,6 +123,95 @@ def test_block_key_refuses_attention_it_cannot_mask():
     with torch.inference_mode(), pytest.raises(VitdepthError, match="cannot mask its attention"):
         with block_key(tm, key=0, from_block=0, queries=slice(1, None)):
             tm.output(_images(2))
+
+
+def _clean_stream(tm, x):
+    """The clean residual stream at layers 0..L (block inputs, then the last block's output)."""
+    seen = []
+
+    def grab_in(_mod, args, kwargs):
+        seen.append((args[0] if args else kwargs["hidden_states"]).clone())
+
+    def grab_out(_mod, _args, out):
+        seen.append((out[0] if isinstance(out, (tuple, list)) else out).clone())
+
+    handles = [b.register_forward_pre_hook(grab_in, with_kwargs=True) for b in tm.sites.blocks]
+    handles.append(tm.sites.blocks[-1].register_forward_hook(grab_out))
+    try:
+        tm.output(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("family", ["timm", "hf"])
+def test_reusing_the_clean_prefix_changes_no_edited_output(family, hf_dirs):
+    """Skipping the blocks before each group's edit gives the outputs of running every block (swaps at every layer
+    including L, knock-outs from every block), on timm (positional block calls) and HF (keyword calls)."""
+    if family == "timm":
+        model = tiny_timm_vit()
+        tm = tap_module(model, "test")
+    else:
+        from vitdepth.models import create_model
+
+        tm = create_model(f"hf:{hf_dirs['vit']}")
+    size = tm.preprocess.input_size[-1]
+    n, x = 3, _images(3, size=size)
+    with torch.inference_mode():
+        clean = _clean_stream(tm, x)
+        assert len(clean) == tm.depth + 1
+        layers = list(range(tm.depth + 1))
+        stacked = x.repeat(len(layers), 1, 1, 1)
+        donor = torch.randn(n, clean[0].shape[-1], generator=torch.Generator().manual_seed(5))
+
+        def put(h):
+            h = h.clone()
+            h[:, 0] = donor
+            return h
+
+        edits = [(layer, slice(k * n, (k + 1) * n), put) for k, layer in enumerate(layers)]
+        with edit_streams(tm, edits):
+            full = tm.output(stacked)
+        with reuse_clean_prefix(tm, clean, layers), edit_streams(tm, edits):
+            reused = tm.output(stacked)
+        torch.testing.assert_close(reused, full, rtol=1e-5, atol=1e-5)
+        assert (full[:n] - full[-n:]).abs().max() > 1e-4  # the groups really differ
+        if family == "timm":
+            starts = list(range(tm.depth))
+            per_image = torch.as_tensor(starts).repeat_interleave(n)
+            stacked = x.repeat(len(starts), 1, 1, 1)
+            with block_key(tm, key=0, from_block=per_image, queries=slice(1, None)):
+                full = tm.output(stacked)
+            with reuse_clean_prefix(tm, clean, starts), block_key(tm, key=0, from_block=per_image,
+                                                                  queries=slice(1, None)):
+                reused = tm.output(stacked)
+            torch.testing.assert_close(reused, full, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="ascending"):
+        with reuse_clean_prefix(tm, clean, [2, 1]):
+            pass
+
+
+def test_interventions_with_and_without_the_clean_prefix_agree(tmp_path, monkeypatch):
+    """End to end: the intervention curves of a run equal those of a run that computes every block."""
+    import vitdepth.analysis.causal as causal
+    from vitdepth.analysis.run import analyze
+
+    def run(out):
+        model = tiny_timm_vit(num_classes=4)
+        return _rows(analyze(model=model, data="synthetic:n=40,classes=4,size=32", out=str(tmp_path / out),
+                             batch_size=16, quiet=True, metrics="probe_acc", interventions=("cls",), figures=False,
+                             n_boot=20, n_boot_phases=10, cka_samples=0))
+
+    used = []
+    monkeypatch.setattr(causal, "reuse_clean_prefix", lambda *a: used.append(a[2]) or reuse_clean_prefix(*a))
+    reused = run("reused")
+    assert used and any(min(starts) > 0 for starts in used)  # early blocks were skipped
+    monkeypatch.setattr(causal, "CLEAN_STREAM_BYTES", 0)  # nothing kept: every edited forward runs all blocks
+    full = run("full")
+    assert reused.keys() == full.keys() and any(m.startswith("cls_swap") for m, _, _ in full)
+    for k, v in full.items():
+        assert reused[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
 
 
 # -- the readout (head lens) ------------------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ measured (recorded in run.json).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..metrics.predictions import donor_follow, kl_divergence, top1_correct
-from ..models.interventions import block_key, edit_streams
+from ..models.interventions import block_key, edit_streams, reuse_clean_prefix
 from ..models.readout import HeadReadout
 from ..models.tapped import TappedModel
 from ..models.taps import LayerTaps
@@ -45,6 +46,11 @@ CAUSAL_PER_IMAGE_IDS = LENS_IDS + SWAP_IDS + KNOCKOUT_IDS
 INTERVENTION_IDS = frozenset(SWAP_IDS + KNOCKOUT_IDS + (KNOCKOUT_PROBE_ID,))
 #: the feature-cache token set holding, per knock-out start ℓ, the final [CLS] feature of the knocked-out forward
 KNOCKOUT_CACHE = "cls_knockout"
+
+#: The clean residual stream of the images intervened on is kept (all layers) so that edited forwards skip the
+#: blocks before their edit (:func:`~vitdepth.models.interventions.reuse_clean_prefix`) when it fits in this many
+#: bytes; above it every edited forward runs all blocks (same results, about twice the compute).
+CLEAN_STREAM_BYTES = 512 << 20
 
 #: An output that moved by less than this (relative to its largest magnitude) when the final [CLS] was replaced
 #: counts as unchanged: the head does not read [CLS].
@@ -111,6 +117,7 @@ class CausalLayers:
         self._lens: list[tuple[int, torch.Tensor]] = []
         self._cls: dict[int, torch.Tensor] = {}
         self._patch: dict[int, torch.Tensor] = {}
+        self._clean: dict[int, torch.Tensor] = {}  # layer -> clean stream of the selected images (prefix reuse)
         self._donor = self._pos = self._sel = None
 
     def begin(self, labels: np.ndarray, first_row: int, selected: np.ndarray | None = None) -> None:
@@ -136,6 +143,8 @@ class CausalLayers:
         layer = t.position - 1
         if self.lens:
             self._lens.append((t.position, self.readout(t.tokens)))
+        if self.intervenes and len(self._sel) and self._keeps_clean(t.tokens):
+            self._clean[layer] = t.tokens[torch.as_tensor(self._sel, device=t.tokens.device)].clone()
         if self._donor is not None:
             x = t.tokens[torch.as_tensor(self._sel, device=t.tokens.device)]
             donor = torch.as_tensor(np.maximum(self._donor, 0), device=x.device)
@@ -185,6 +194,16 @@ class CausalLayers:
         self._reset()
         return out, knocked_final
 
+    def _keeps_clean(self, tokens: torch.Tensor) -> bool:
+        per_layer = len(self._sel) * tokens[0].numel() * tokens.element_size()
+        return per_layer * (self.tm.depth + 1) <= CLEAN_STREAM_BYTES
+
+    def _prefix(self, starts: list[int]):
+        """Skip the blocks before each group's edit when the clean stream was kept (same results)."""
+        if len(self._clean) != self.tm.depth + 1:
+            return contextlib.nullcontext()
+        return reuse_clean_prefix(self.tm, [self._clean[j] for j in range(self.tm.depth + 1)], starts)
+
     def _groups(self, layers: list[int], n: int) -> list[list[int]]:
         """Layers packed so that a stacked forward holds at most ``max(max_images, n)`` images."""
         per = max(1, self.max_images // max(n, 1))
@@ -194,7 +213,7 @@ class CausalLayers:
         """One forward of ``len(group)`` copies of ``images``, copy k edited at layer ``group[k]``."""
         n = len(images)
         edits = [(layer, slice(k * n, (k + 1) * n), edit_of(layer)) for k, layer in enumerate(group)]
-        with edit_streams(self.tm, edits):
+        with self._prefix(group), edit_streams(self.tm, edits):  # prefix hooks first: they run before the edits
             return self.tm.output(images.repeat(len(group), *([1] * (images.dim() - 1))))
 
     def _swaps(self, images, output, y) -> list:
@@ -253,7 +272,8 @@ class CausalLayers:
         try:
             for group in self._groups(list(range(tm.depth)), n):
                 starts = torch.as_tensor(group, device=images.device).repeat_interleave(n)
-                with block_key(tm, key=0, from_block=starts, queries=slice(tm.sites.num_prefix, None)):
+                with self._prefix(group), block_key(tm, key=0, from_block=starts,
+                                                    queries=slice(tm.sites.num_prefix, None)):
                     knocked = tm.output(images.repeat(len(group), *([1] * (images.dim() - 1))))
                 for k, layer in enumerate(group):
                     logits = knocked[k * n:(k + 1) * n]
