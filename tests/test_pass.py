@@ -142,6 +142,31 @@ def test_batch_size_does_not_change_results(tmp_path, tiny16):
         assert r["n"] == s["n"]
 
 
+def test_decoding_workers_do_not_change_results(tmp_path, tiny16):
+    """A folder of image files decoded in this process (0 workers) or in 2 DataLoader workers: the same run."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(36):
+        d = tmp_path / "imgs" / f"c{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20 + i % 5, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    runs = {}
+    for workers in (0, 2):
+        out = analyze(AnalyzeConfig(model=f"file:{tiny16}", data=f"folder:{tmp_path / 'imgs'}", batch_size=8,
+                                    out=str(tmp_path / f"w{workers}"), quiet=True, figures=False, num_workers=workers,
+                                    n_boot=50, n_boot_phases=10, cka_samples=0))
+        runs[workers] = (_table(out), np.load(out / "per_image.npz"))
+    (rows0, npz0), (rows2, npz2) = runs[0], runs[2]
+    assert rows0.keys() == rows2.keys() and len(rows0) > 20
+    for key, r in rows0.items():
+        assert {c: r[c] for c in ("value", "ci_low", "ci_high", "n")} == \
+            {c: rows2[key][c] for c in ("value", "ci_low", "ci_high", "n")}, key
+    assert npz0.files == npz2.files
+    for k in npz0.files:
+        np.testing.assert_array_equal(npz0[k], npz2[k], err_msg=k)
+
+
 def test_logistic_probes_in_head_groups_equal_one_group(tmp_path, tiny16, monkeypatch):
     """Bounding the features held by the logistic probes (one head at a time) changes no result."""
     from vitdepth.analysis import run as run_mod
