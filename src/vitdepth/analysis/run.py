@@ -43,6 +43,7 @@ from ..data import (
     stratified_splits,
     stratified_subset,
 )
+from ..data.transforms import draft_size_for
 from ..distributed import (
     DistContext,
     broadcast_object,
@@ -115,6 +116,7 @@ class AnalyzeConfig:
     n_boot_phases: int = 200
     report: bool = True
     num_workers: int | None = None  # DataLoader workers; None: from the CPU count for file-backed data, else 0
+    draft_decode: bool = True  # JPEGs at least twice the transform's resize decode reduced (data.transforms)
     figures: bool = True
     metrics: str | None = None  # --metrics: groups core / paper / all and single ids; None = all
     probe: str | None = None  # --probe logistic adds the softmax-regression probe to the selection
@@ -560,7 +562,7 @@ def _fingerprint(cfg: AnalyzeConfig, tm: TappedModel, source, indices, splits, m
         "selection": sha(np.asarray(indices, dtype=np.int64)), "splits": sha(np.asarray(splits, dtype=np.int64)),
         "metrics": sorted(metrics), "seed": cfg.seed, "dtype": cfg.dtype, "image_size": cfg.image_size,
         "preprocess": list(cfg.preprocess), "isi": [cfg.isi_k, cfg.isi_k_in], "batch_size": cfg.batch_size,
-        "intervention_samples": cfg.intervention_samples,
+        "intervention_samples": cfg.intervention_samples, "draft_decode": cfg.draft_decode,
         "world_size": ctx.world_size}, default=_json_default))
 
 
@@ -715,6 +717,11 @@ class _RunInputs:
     causal: CausalLayers | None = None
     causal_labels: np.ndarray | None = None  # labels for the causal metrics (−1 where the data has none)
 
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """JPEG draft-decoding size for the pass (None: full decode); see :func:`draft_size_for`."""
+        return draft_size_for(self.transform) if self.cfg.draft_decode else None
+
 
 def _interrupted_message(tmp: Path, run: _RunInputs, signum: int, where: str) -> str:
     what = "interrupted (SIGINT)" if signum == signal.SIGINT else "terminated (SIGTERM)"
@@ -824,7 +831,7 @@ def _stream(state: _Pass, run: _RunInputs, shard_indices: np.ndarray, checkpoint
     t0 = time.perf_counter()
     batches = iter(iterate_batches(run.source, shard_indices[state.done:], run.transform, cfg.batch_size,
                                    strict=cfg.strict, num_workers=_auto_workers(cfg),
-                                   pin_memory=device.type == "cuda"))
+                                   pin_memory=device.type == "cuda", draft_size=run.draft_size))
     try:
         while True:
             try:
@@ -1102,8 +1109,9 @@ def _analyze_into(tmp: Path, inputs: _RunInputs) -> None:
                   "attention_source": sorted(set(tm.sites.attention_source)),
                   "transform": _transform_record(inputs.transform, cfg)},
         "data": {**source.identity(), "analyzed": int(loaded.sum()), "selected": n, "splits": counts,
-                 "split_fractions": list(cfg.split_fractions), "skipped": skipped},
-        "metrics": {"selected": sorted(metrics), "spec": cfg.metrics or "all", "not_applicable": not_applicable,
+                 "split_fractions": list(cfg.split_fractions), "skipped": skipped,
+                 "draft_decode": list(inputs.draft_size) if inputs.draft_size else None},
+        "metrics": {"selected": sorted(metrics), "spec": cfg.metrics or "default", "not_applicable": not_applicable,
                     "formulas": {m: METRICS[m].formula for m in sorted(metrics)},
                     "isi_rec": isi_info},
         "probe": probe_info,

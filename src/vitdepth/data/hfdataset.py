@@ -262,13 +262,16 @@ class HFDatasetSource(DataSource):
         return f"{target}[{split}][{self._row(i)}]" if split else f"{target}[{self._row(i)}]"
 
     def load(self, i: int) -> Image.Image:  # noqa: D102 - documented on DataSource
+        return self.load_draft(i, None)
+
+    def load_draft(self, i: int, draft_size: tuple[int, int] | None) -> Image.Image:  # noqa: D102 - on DataSource
         row = self._row(i)
         name = self.item_name(i)
         try:
             value = self._images[row][self.image_column]
         except Exception as exc:  # noqa: BLE001 - arrow and datasets raise many types for a bad row
             raise ImageLoadError(name, f"{type(exc).__name__}: {_first_line(exc)}") from exc
-        return image_from_value(value, name)
+        return image_from_value(value, name, draft_size)
 
     def _content_hash(self) -> str:
         # The dataset's fingerprint (datasets changes it with the data and every transform) plus the sizes and

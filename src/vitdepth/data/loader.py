@@ -124,17 +124,20 @@ class _ItemDataset(Dataset):
         source: DataSource,
         transform: Callable[[Image.Image], torch.Tensor],
         shape: tuple[int, ...] | None = None,
+        draft_size: tuple[int, int] | None = None,
     ) -> None:
         self.source = source
         self.transform = transform
         self._shape = shape  # what every tensor item must be (see _reference_shape)
+        # Travels to the workers inside this (pickled) dataset; the source itself is not changed.
+        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None, str | None]:
         try:
-            item = self.source.load(i)
+            item = self.source.load(i) if self.draft_size is None else self.source.load_draft(i, self.draft_size)
             if isinstance(item, Image.Image):
                 tensor = self.transform(item)
             else:
@@ -197,6 +200,8 @@ def iterate_batches(
     strict: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
+    *,
+    draft_size: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Load, preprocess and batch ``source[indices]`` in order.
 
@@ -213,6 +218,11 @@ def iterate_batches(
         num_workers: DataLoader worker processes (0 decodes in this process); each keeps
             :data:`PREFETCH_BATCHES` batches ready ahead of the consumer.
         pin_memory: return images in page-locked memory, so the copy to a GPU can be non-blocking.
+        draft_size: ``(width, height)`` below which no JPEG is decoded, letting large JPEGs decode downscaled
+            (:meth:`DataSource.load_draft <vitdepth.data.sources.DataSource.load_draft>`); pass
+            ``draft_size_for(transform)`` (:func:`~vitdepth.data.transforms.draft_size_for`), which is None where
+            drafting is not known to keep the transform's output within its documented tolerance. None (the
+            default) decodes every image in full.
 
     Yields:
         One :class:`Batch` per chunk, also when all of its items were skipped (then ``images`` is
@@ -237,9 +247,19 @@ def iterate_batches(
             raise VitdepthError(
                 f"The '{name}' parameter of iterate_batches must be an int >= {low}. Got {value!r} instead."
             )
+    if draft_size is not None:
+        pair = tuple(draft_size) if isinstance(draft_size, (tuple, list)) else ()
+        if len(pair) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in pair
+        ):
+            raise VitdepthError(
+                "The 'draft_size' parameter of iterate_batches must be None or a pair of positive ints "
+                f"(width, height). Got {draft_size!r} instead."
+            )
+        draft_size = (int(pair[0]), int(pair[1]))
     # Arguments are checked above, eagerly; the generator below only starts work when iterated.
     return _iterate(source, idx.astype(np.int64), transform, int(batch_size), bool(strict), int(num_workers),
-                    bool(pin_memory))
+                    bool(pin_memory), draft_size)
 
 
 def _iterate(
@@ -250,12 +270,13 @@ def _iterate(
     strict: bool,
     num_workers: int,
     pin_memory: bool = False,
+    draft_size: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     if idx.size == 0:
         return
     shape = _reference_shape(source, idx, transform)
     loader = DataLoader(
-        _ItemDataset(source, transform, shape),
+        _ItemDataset(source, transform, shape, draft_size),
         batch_size=batch_size,
         sampler=idx.tolist(),
         num_workers=num_workers,

@@ -204,6 +204,11 @@ class TorchDatasetSource(DataSource):
             ImageLoadError: The dataset raised for this item, or the item is not an image or a tensor.
             IndexError: ``i`` is out of range.
         """
+        return self.load_draft(i, None)
+
+    def load_draft(self, i: int, draft_size: tuple[int, int] | None) -> Image.Image | torch.Tensor:
+        """As :meth:`load`; items that are encoded bytes or file paths honour ``draft_size`` (see
+        :meth:`DataSource.load_draft`), decoded images and tensors are returned as they are."""
         row = self._row(i)
         name = self._raw_name(row)
         try:
@@ -213,7 +218,7 @@ class TorchDatasetSource(DataSource):
         img = item[0] if isinstance(item, (tuple, list)) and item else item
         if isinstance(img, torch.Tensor):
             return img  # checked (float, (3, H, W), same shape as the others) by the loader's prepare_item
-        return image_from_value(img, name)
+        return image_from_value(img, name, draft_size)
 
     def _items_hash(self) -> tuple[str, int]:
         """sha256 of the first few items' content, and how many were hashed (0 when loading is not repeatable)."""

@@ -156,6 +156,29 @@ class DataSource(ABC):
             IndexError: ``i`` is out of range.
         """
 
+    def load_draft(self, i: int, draft_size: tuple[int, int] | None) -> Image.Image | torch.Tensor:
+        """Decode item ``i``, letting a JPEG decoder downscale it to no less than ``draft_size``.
+
+        Sources that decode encoded files (folders, CSV tables, webdataset shards, Hugging Face datasets holding
+        bytes or paths) pass ``draft_size`` to PIL's ``Image.draft`` for JPEG images (``img.format`` JPEG or MPO)
+        large enough to shrink by at least 2x: the decoder then scales by 1/2, 1/4 or 1/8 in the DCT domain and
+        the result is at least ``draft_size`` in both dimensions (aspect ratio kept). Other formats and smaller
+        JPEGs decode exactly as :meth:`load` does. The default (sources that hold decoded pixels) is :meth:`load`.
+        :func:`~vitdepth.data.transforms.draft_size_for` says what size a transform needs.
+
+        Args:
+            i: Item index in ``[0, len(self))``.
+            draft_size: ``(width, height)`` the decoded image must at least have, or None for :meth:`load`.
+
+        Returns:
+            As :meth:`load`.
+
+        Raises:
+            ImageLoadError: The file cannot be decoded.
+            IndexError: ``i`` is out of range.
+        """
+        return self.load(i)
+
     def item_name(self, i: int) -> str:
         """Human-readable name of item ``i`` for reports and error messages (e.g. ``digits[12]``)."""
         return f"{self.kind}[{self._check_index(i)}]"
@@ -567,11 +590,16 @@ def _wide_to_rgb(img: Image.Image, name: str) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
-def load_image_file(path: str) -> Image.Image:
+def load_image_file(path: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode the image file ``path`` fully into RGB, as :class:`FolderSource` does (32-bit greyscale scaled).
 
     Shared by every source that reads image files (folders, CSV tables, Hugging Face datasets that store paths), so
     one file gives the same pixels whichever spec names it.
+
+    Args:
+        path: The file.
+        draft_size: ``(width, height)`` a large JPEG may be downscaled to while decoding (see
+            :func:`draft_jpeg`); None decodes at full size.
 
     Raises:
         ImageLoadError: The file is missing, not a regular file, or cannot be decoded.
@@ -582,7 +610,7 @@ def load_image_file(path: str) -> Image.Image:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ImageLoadError(path, "not a regular file (FIFO, socket or device); it was not opened")
         with Image.open(path) as img:
-            return _decoded_rgb(img, path)
+            return _decoded_rgb(img, path, draft_size)
     except ImageLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, ValueError, EOFError ...
@@ -591,34 +619,59 @@ def load_image_file(path: str) -> Image.Image:
         raise ImageLoadError(path, f"{type(exc).__name__}: {reason}") from exc
 
 
-def decode_image_bytes(data: bytes, name: str) -> Image.Image:
+def decode_image_bytes(data: bytes, name: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an encoded image (PNG, JPEG, ... bytes from a tar shard or an arrow column) fully into RGB.
 
     Args:
         data: The encoded file's bytes.
         name: The item's name for the error.
+        draft_size: ``(width, height)`` a large JPEG may be downscaled to while decoding (see
+            :func:`draft_jpeg`); None decodes at full size.
 
     Raises:
         ImageLoadError: The bytes are not a decodable image.
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return _decoded_rgb(img, name)
+            return _decoded_rgb(img, name, draft_size)
     except ImageLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - as in load_image_file
         raise ImageLoadError(name, f"{type(exc).__name__}: {exc or 'decode failed'}") from exc
 
 
-def _decoded_rgb(img: Image.Image, name: str) -> Image.Image:
+def draft_jpeg(img: Image.Image, draft_size: tuple[int, int] | None) -> bool:
+    """Configure a just-opened JPEG to decode downscaled, no smaller than ``draft_size``; True when it will.
+
+    Only JPEGs (``img.format`` ``"JPEG"``, or ``"MPO"``: a camera JPEG with extra frames, whose first frame is a
+    plain JPEG) not yet decoded and at least twice ``draft_size`` in both dimensions are drafted, with PIL's
+    ``Image.draft``: the decoder scales by 1/2, 1/4 or 1/8 (the largest keeping both sides >= ``draft_size``,
+    rounded up) in the DCT domain, without changing the colour mode. Anything else is left as it is, so it decodes
+    to exactly the pixels it always did. A truncated file still fails when it is loaded.
+
+    Args:
+        img: An image from ``Image.open`` whose pixels have not been loaded.
+        draft_size: ``(width, height)``, or None to leave the image alone.
+    """
+    if draft_size is None or img.format not in ("JPEG", "MPO"):
+        return False
+    width, height = (int(v) for v in draft_size)
+    if width < 1 or height < 1 or min(img.size[0] // width, img.size[1] // height) < 2:
+        return False
+    # draft() itself does nothing (returns None) once the pixels are loaded.
+    return img.draft(None, (width, height)) is not None
+
+
+def _decoded_rgb(img: Image.Image, name: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
     # Image.open only reads the header; load() forces the full decode here, so a truncated file fails now (PIL's
     # LOAD_TRUNCATED_IMAGES is left off on purpose) rather than later in the transform. Leaving the caller's
     # with-block closes only the file; the decoded pixels stay valid.
+    draft_jpeg(img, draft_size)
     img.load()
     return _wide_to_rgb(img, name) if img.mode in _WIDE_MODES else to_rgb(img)
 
 
-def image_from_value(value: Any, name: str) -> Image.Image:
+def image_from_value(value: Any, name: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """An RGB image from what a dataset cell or a user's dataset item holds.
 
     Accepted: encoded bytes, a ``{"bytes", "path"}`` dict (``datasets.Image(decode=False)``), a file path, a PIL
@@ -628,6 +681,8 @@ def image_from_value(value: Any, name: str) -> Image.Image:
     Args:
         value: The cell or item.
         name: The item's name for errors.
+        draft_size: ``(width, height)`` a large JPEG held as bytes or a path may be downscaled to while decoding
+            (see :func:`draft_jpeg`); None decodes at full size. Already-decoded images and arrays are unaffected.
 
     Raises:
         ImageLoadError: The cell is empty or its content does not decode.
@@ -635,14 +690,14 @@ def image_from_value(value: Any, name: str) -> Image.Image:
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if data:
-            return decode_image_bytes(bytes(data), name)
+            return decode_image_bytes(bytes(data), name, draft_size)
         if path:
-            return load_image_file(os.fspath(path))
+            return load_image_file(os.fspath(path), draft_size)
         raise ImageLoadError(name, "the image cell is empty (no bytes, no path)")
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return decode_image_bytes(bytes(value), name)
+        return decode_image_bytes(bytes(value), name, draft_size)
     if isinstance(value, (str, os.PathLike)):
-        return load_image_file(os.fspath(value))
+        return load_image_file(os.fspath(value), draft_size)
     if isinstance(value, Image.Image):
         try:
             value.load()
@@ -690,6 +745,9 @@ class FileListSource(DataSource):
 
     def load(self, i: int) -> Image.Image:  # noqa: D102 - documented on DataSource
         return load_image_file(self._paths[self._check_index(i)])
+
+    def load_draft(self, i: int, draft_size: tuple[int, int] | None) -> Image.Image:  # noqa: D102 - on DataSource
+        return load_image_file(self._paths[self._check_index(i)], draft_size)
 
 
 class FolderSource(FileListSource):

@@ -46,6 +46,7 @@ __all__ = [
     "PreprocessConfig",
     "apply_preprocess_overrides",
     "build_transform",
+    "draft_size_for",
     "to_rgb",
 ]
 
@@ -224,6 +225,130 @@ def build_transform(cfg: PreprocessConfig) -> ImageTransform:
     if not isinstance(cfg, PreprocessConfig):
         raise _bad_param("cfg", "build_transform", "a PreprocessConfig", cfg)
     return ImageTransform(cfg)
+
+
+#: How much larger than the transform's own resize target a drafted JPEG must stay (see :func:`draft_size_for`).
+DRAFT_MARGIN = 2
+
+
+def draft_size_for(transform: Callable[[Image.Image], torch.Tensor]) -> tuple[int, int] | None:
+    """The smallest ``(width, height)`` a JPEG may be drafted to before ``transform``, or None for no drafting.
+
+    PIL's ``Image.draft`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT domain, choosing the largest
+    factor that keeps the image at least the requested size in *both* dimensions (aspect ratio kept, sides rounded
+    up). That skips most of the decoding work for photos much larger than the model's input
+    (:meth:`~vitdepth.data.sources.DataSource.load_draft` applies it; non-JPEG files are never drafted).
+
+    The rule: request :data:`DRAFT_MARGIN` (2) times the transform's resize target in each dimension, so the
+    transform's own antialiased resize still down-samples the drafted image by at least 2x wherever the full image
+    would have been down-sampled by 2x or more; images smaller than that are decoded in full. For timm's eval
+    pipeline (:class:`ImageTransform`) the resize target is read off the pipeline's first step, the resize, whose
+    size is ``floor(input_size / crop_pct)``:
+
+    - ``crop_mode="center"`` (square input): ``Resize(S)`` scales the *short* side to ``S`` with the aspect kept;
+      the request ``(2S, 2S)`` keeps the drafted short side >= ``2S`` whatever the aspect ratio (the long side
+      follows it), and PIL's factor is then set by the short side, which is exactly what matters.
+    - ``crop_mode="center"`` (non-square input ``(H, W)``): ``ResizeKeepRatio((Sh, Sw))`` scales by
+      ``min(h / Sh, w / Sw)``; ``(2 Sw, 2 Sh)`` keeps that ratio >= 2 (exact, since draft keeps both sides >=).
+    - ``crop_mode="squash"``: ``Resize((Sh, Sw))`` scales each side on its own; ``(2 Sw, 2 Sh)`` keeps both
+      scalings >= 2 (exact).
+    - ``crop_mode="border"``: ``ResizeKeepRatio(..., longest=1)`` scales by ``max(h / Sh, w / Sw)``; requiring
+      both sides >= 2x is conservative (a very elongated image may be left undrafted where drafting was safe).
+
+    ``interpolation="nearest"`` returns None: its resize does not antialias, so it would sample different pixels
+    from a full and a drafted decode.
+
+    Hugging Face processors (:class:`HFImageProcessorTransform`) are drafted only for the classes whose resize is
+    known to be a plain antialiased resize to ``size`` (:data:`_HF_DRAFTABLE`: ViT, DeiT, BEiT, CLIP, BiT, the
+    last also used by DINOv2), with ``do_resize`` on and a filter other than nearest: ``size={"height", "width"}``
+    squashes (request ``(2 width, 2 height)``), ``size={"shortest_edge": S}`` keeps the aspect (request
+    ``(2S, 2S)``). Other processors (e.g. ConvNeXt's ``crop_pct`` rule, ``longest_edge`` sizes) and user callables
+    (``CallableTransform``) return None: they resize by their own rules, which are not read here.
+
+    Tolerance (measured with PIL 13 / libjpeg-turbo, timm 1.0): against full decode + the same transform, on
+    procedurally generated JPEGs (smooth gradients, filled shapes, a fine 5-7 px texture and noise, quality 90;
+    300x400, 640x480, 480x640, 1024x768, 2000x1500, 1500x2000, 3000x1000) and in 0..255 pixel units of the final
+    model input (the normalised tensor times ``255 * std``), the mean absolute difference per image is at most
+    **0.6** and the max absolute difference at most **20** (isolated pixels at sharp edges). Images that are not
+    drafted (short side below twice the resize target, e.g. 640x480 or 1024x768 for the default config) are
+    bit-identical. Measured worst cases: default timm config (224, ``crop_pct=0.875``, bicubic) mean 0.39 / max 7;
+    over center / squash / border, bilinear, 384, ``crop_pct=1.0`` and a 224x320 input mean 0.50 / max 15 (the
+    224x320 center crop, whose drafted image is only 2.05x its resize target); the default ViT, DeiT and BiT Hugging
+    Face processors (transformers 5.24) mean 0.44 / max 10. Drafting to 1x the resize target
+    instead would give up to mean 2.2 / max 85, which these bounds reject. Reproduce with
+    ``.venv/bin/python benchmarks/bench_decode.py --tolerance`` (``--factor 1`` for the 1x case);
+    ``tests/test_draft_decode.py`` asserts the bounds.
+
+    Args:
+        transform: The transform the drafted images will go through.
+
+    Returns:
+        ``(width, height)`` for ``Image.draft``, in PIL's order, or None when drafting is not known to be safe.
+    """
+    if isinstance(transform, HFImageProcessorTransform):
+        return _hf_draft_size(transform.processor)
+    if not isinstance(transform, ImageTransform):
+        return None
+    from timm.data.transforms import ResizeKeepRatio
+    from torchvision.transforms import InterpolationMode, Resize
+
+    steps = getattr(transform.pipeline, "transforms", None)
+    if not steps:
+        return None
+    first = steps[0]
+    if isinstance(first, Resize):
+        if first.max_size is not None:
+            return None
+        size = [first.size] if isinstance(first.size, int) else list(first.size)
+    elif isinstance(first, ResizeKeepRatio):
+        if first.random_scale_prob or first.random_aspect_prob:
+            return None
+        size = list(first.size)
+    else:
+        return None
+    if first.interpolation not in (
+        InterpolationMode.BICUBIC, InterpolationMode.BILINEAR, InterpolationMode.BOX, InterpolationMode.HAMMING,
+        InterpolationMode.LANCZOS,
+    ):
+        return None
+    if len(size) == 1:  # shortest-edge resize
+        height = width = int(size[0])
+    elif len(size) == 2:
+        height, width = int(size[0]), int(size[1])
+    else:
+        return None
+    return DRAFT_MARGIN * width, DRAFT_MARGIN * height
+
+
+#: Hugging Face image processor classes whose resize is a plain antialiased resize to their ``size`` setting.
+_HF_DRAFTABLE = frozenset({
+    "ViTImageProcessor", "ViTImageProcessorFast", "DeiTImageProcessor", "DeiTImageProcessorFast",
+    "BeitImageProcessor", "BeitImageProcessorFast", "CLIPImageProcessor", "CLIPImageProcessorFast",
+    "BitImageProcessor", "BitImageProcessorFast",
+})
+
+
+def _hf_draft_size(processor: Any) -> tuple[int, int] | None:
+    """:func:`draft_size_for` for a Hugging Face image processor (see there), or None."""
+    if type(processor).__name__ not in _HF_DRAFTABLE or not getattr(processor, "do_resize", False):
+        return None
+    resample = getattr(processor, "resample", None)
+    if resample is None or "nearest" in str(_resample_name(resample)).lower():
+        return None
+    size = getattr(processor, "size", None)
+
+    def get(key: str) -> Any:
+        return size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
+
+    height, width, shortest = get("height"), get("width"), get("shortest_edge")
+    others = [get(k) for k in ("longest_edge", "max_height", "max_width", "min_pixels", "max_pixels")]
+    if any(v is not None for v in others):
+        return None
+    if isinstance(height, int) and isinstance(width, int) and shortest is None and height > 0 and width > 0:
+        return DRAFT_MARGIN * width, DRAFT_MARGIN * height
+    if isinstance(shortest, int) and height is None and width is None and shortest > 0:
+        return DRAFT_MARGIN * shortest, DRAFT_MARGIN * shortest
+    return None
 
 
 def _jsonable(value: Any) -> Any:

@@ -309,6 +309,9 @@ class WebDatasetSource(DataSource):
         return f"{self.shards[int(self._shard[i])]}/{self.keys[i]}.{self.image_suffixes[int(self._ext[i])]}"
 
     def load(self, i: int) -> Image.Image:  # noqa: D102 - documented on DataSource
+        return self.load_draft(i, None)
+
+    def load_draft(self, i: int, draft_size: tuple[int, int] | None) -> Image.Image:  # noqa: D102 - on DataSource
         i = self._check_index(i)
         name = self.item_name(i)
         size = int(self._size[i])
@@ -321,7 +324,7 @@ class WebDatasetSource(DataSource):
             raise ImageLoadError(name, f"shard cannot be read: {exc.strerror or exc}") from exc
         if len(data) != size:
             raise ImageLoadError(name, "the shard is shorter than when it was indexed (changed since?)")
-        return decode_image_bytes(data, name)
+        return decode_image_bytes(data, name, draft_size)
 
     def assign_splits(self, fractions: tuple[float, float, float]) -> np.ndarray:
         """Split by a stable hash of each sample's key: ``u = sha256(key)`` read as a number in ``[0, 1)``.
