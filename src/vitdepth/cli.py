@@ -88,7 +88,29 @@ def _subparser(sub, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A
                           formatter_class=_Formatter, allow_abbrev=False)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+# Commands whose module (vitdepth.<command>, with its add_parser) loads only when they run: numpy, the tracker and
+# alignment code. For any other command the parser carries just their one-line help, which must equal the one their
+# add_parser gives (tests/test_startup.py).
+_LAZY_COMMANDS = {
+    "export": "log a finished run to Weights & Biases, MLflow or TensorBoard",
+    "align": "align the layers of two runs by debiased linear CKA (which layer of B matches layer ℓ of A)",
+    "reproduce": "reproduce a paper's results in one command (target: paper = arXiv 2511.21635)",
+}
+
+
+def _command_in(argv: list[str]) -> str:
+    """The command word of a command line ("" when there is none): the first argument that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``vitdepth`` parser.
+
+    Args:
+        only: the command about to run. The lazily loaded commands (:data:`_LAZY_COMMANDS`) other than this one
+            get a stub with their help line only (enough for ``vitdepth --help`` and a bad command), so their
+            modules are not imported; None builds every command in full.
+    """
     p = argparse.ArgumentParser(prog="vitdepth", description="Layer-by-layer depth diagnostics for vision "
                                 "transformers (arXiv 2511.21635).", formatter_class=_Formatter, allow_abbrev=False,
                                 epilog="run `vitdepth COMMAND --help` for a command's options and examples")
@@ -112,9 +134,11 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checkpoint", default=None, help="weights for timm: models (safetensors or state dict)")
     a.add_argument("--random-init", action="store_true", help="build the model untrained (recorded in run.json)")
     a.add_argument("--metrics", default=None, help="metric groups (core, paper, all) and/or ids, comma-separated "
-                                                   "(default: all the model supports; see docs/metrics.md)")
+                                                   "(default: all the model supports but the logistic probe; see "
+                                                   "docs/metrics.md)")
     a.add_argument("--probe", choices=("ridge", "logistic"), default=None,
-                   help="logistic adds the softmax-regression probe (on by default with --metrics all)")
+                   help="logistic adds the softmax-regression probe (included in --metrics all; the ridge probe is "
+                        "always on)")
     a.add_argument("--interventions", choices=("cls",), action="append", default=None,
                    help="causal tests: cls = [CLS] swap with a patch-token control and [CLS] attention knock-out at "
                         "every layer (about 3 extra forwards per layer; see `vitdepth metrics cls_swap_acc`)")
@@ -132,6 +156,9 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--num-workers", type=_int_in("--num-workers", 0), default=None,
                    help="DataLoader workers decoding images (default: CPU count - 1, at most 8, for file-backed data; "
                         "0 for digits / synthetic)")
+    a.add_argument("--no-draft-decode", action="store_true",
+                   help="decode every JPEG in full (by default one at least twice the model's resize size is decoded "
+                        "reduced in PIL's draft mode; see the README)")
     a.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast the model's forward in this dtype (the taps are read as float32)")
     a.add_argument("--resume", action="store_true",
@@ -187,19 +214,42 @@ def _build_parser() -> argparse.ArgumentParser:
     _subparser(sub, "models", "list model adapters and data sources with example specs")
     m = _subparser(sub, "metrics", "list the metric ids with their meaning, or describe one")
     m.add_argument("metric", nargs="?", default=None, help="a metric id (e.g. isi_rec) to describe in full")
-    from .export import add_parser as add_export_parser  # tracker libraries load only when export runs
+    from importlib import import_module
 
-    add_export_parser(sub)
-    from .align import add_parser as add_align_parser  # numpy only; loads when the parser is built
-
-    add_align_parser(sub)
-    from .reproduce import add_parser as add_reproduce_parser  # runs analyze and compare; loads them when it runs
-
-    add_reproduce_parser(sub)
+    for name, help_line in _LAZY_COMMANDS.items():
+        if only is None or only == name:
+            import_module(f".{name}", __package__).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_line, add_help=False)
     return p
 
 
+def _check_analyze_args(args) -> None:
+    """Refuse a bad flag value or spec kind before the analysis (torch, timm, the sources) loads.
+
+    The messages are those of ``analyze()`` and the registries, which check the same again (tests/test_startup.py
+    keeps them equal); what needs a library or the disk (a model name, a path, CUDA) is left to them. Spec errors
+    now come before those of ``--out`` and ``--device`` availability, which ``analyze()`` checks first.
+    """
+    from .report.figures import parse_formats  # numpy only; matplotlib loads when a figure is drawn
+    from .specs import data_spec_error, model_spec_error
+
+    parse_formats(args.figure_format)
+    if args.image_size is not None and args.image_size < 1:
+        raise VitdepthError(f"--image-size must be a positive number of pixels, got {args.image_size}")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise VitdepthError(f"--device {args.device!r} is not understood; use cpu or cuda[:N]")
+    # Once loaded (a library caller, the tests) the registries answer themselves: they may hold more than the
+    # built-in kinds.
+    error = None if "vitdepth.data.sources" in sys.modules else data_spec_error(args.data)
+    if error is None and "vitdepth.models.registry" not in sys.modules:
+        error = model_spec_error(args.model)
+    if error is not None:
+        raise VitdepthError(error)
+
+
 def _cmd_analyze(args) -> int:
+    _check_analyze_args(args)
     from .analysis.run import AnalyzeConfig, analyze, summarize
 
     cfg = AnalyzeConfig(model=args.model, data=args.data, out=args.out, samples=args.samples,
@@ -207,6 +257,7 @@ def _cmd_analyze(args) -> int:
                         random_init=args.random_init, quiet=args.quiet, overwrite=args.overwrite,
                         strict=args.strict, name=args.name, metrics=args.metrics, probe=args.probe,
                         self_check=not args.no_self_check, image_size=args.image_size, num_workers=args.num_workers,
+                        draft_decode=not args.no_draft_decode,
                         preprocess=tuple(args.preprocess or ()), dtype=args.dtype, resume=args.resume,
                         checkpoint_every=args.checkpoint_every, command_line=("vitdepth", *args.argv),
                         interventions=tuple(args.interventions or ()),
@@ -304,15 +355,16 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_models(_args) -> int:
-    from .data import list_sources
-    from .models import list_adapters
+    # The static descriptions (no torch, timm or image libraries); tests/test_startup.py keeps them equal to
+    # list_adapters() and list_sources().
+    from .specs import DATA_SPECS, MODEL_SPECS
 
     print("model specs:")
-    for a in list_adapters():
-        print(f"  {a.example:<34} {a.description}")
+    for form in MODEL_SPECS:
+        print(f"  {form.example:<34} {form.description}")
     print("data specs:")
-    for example, description in list_sources():
-        print(f"  {example:<34} {description}")
+    for form in DATA_SPECS:
+        print(f"  {form.example:<34} {form.description}")
     return 0
 
 
@@ -323,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     143; anything unexpected ends in one line with its type and message (exit 1) unless ``--debug`` asks for the
     traceback.
     """
-    parser = _build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    completing = "_ARGCOMPLETE" in os.environ  # argcomplete completes against the whole parser
+    parser = _build_parser(None if completing else _command_in(words))
     try:  # shell completion when argcomplete is installed (see the README)
         import argcomplete
 
@@ -331,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the resume command an interrupted run prints
+    args.argv = words  # for the resume command an interrupted run prints
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)

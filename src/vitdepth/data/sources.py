@@ -48,6 +48,7 @@ from PIL import Image
 
 from .._errors import VitdepthError
 from ..outputs import is_vitdepth_output
+from ..specs import DATA_SPECS, data_forms, unknown_data_spec_message
 from .transforms import to_rgb
 
 if TYPE_CHECKING:
@@ -1116,37 +1117,14 @@ def _parse_csv(spec: str, options: str | None, seed: int) -> DataSource:
     return parse_csv(spec, options)
 
 
-# kind -> (factory, example spec, one-line description). Order is the order list_sources() shows.
-_SOURCES: dict[str, tuple[Callable[[str, str | None, int], DataSource], str, str]] = {
-    "digits": (_parse_digits, "digits", "scikit-learn's 1,797 8x8 handwritten digits, 10 classes, no download"),
-    "synthetic": (
-        _parse_synthetic,
-        "synthetic:n=2000,classes=10,size=224",
-        "generated gratings (class sets orientation, frequency, hue); any size and count, seeded",
-    ),
-    "folder": (
-        _parse_folder,
-        "folder:PATH",
-        "an ImageFolder tree PATH/<class>/<image> (png, jpg, ...); folder:PATH:split=val reads PATH/val/<class>/...; "
-        "loose images without class folders are read unlabelled",
-    ),
-    "hf-dataset": (
-        _parse_hf_dataset,
-        "hf-dataset:PATH_OR_ID",
-        "a Hugging Face datasets dataset: save_to_disk folder, .parquet/.arrow files or hub id; options "
-        ":split=NAME,image=COL,label=COL,config=NAME (needs the 'datasets' package)",
-    ),
-    "wds": (
-        _parse_wds,
-        "wds:train-{000000..000009}.tar",
-        "webdataset tar shards (KEY.jpg/png + KEY.cls), indexed once for random access; splits by a hash of each key",
-    ),
-    "csv": (
-        _parse_csv,
-        "csv:FILE",
-        "a CSV of image paths (relative to the file) and labels, columns found by header or given as "
-        ":path=COL,label=COL; no label column: unlabelled",
-    ),
+# kind -> factory; the example specs, descriptions and their order are vitdepth.specs.DATA_SPECS (which
+# `vitdepth models` and the CLI's early spec check read without importing this module)
+_FACTORIES: dict[str, Callable[..., DataSource]] = {
+    "digits": _parse_digits, "synthetic": _parse_synthetic, "folder": _parse_folder,
+    "hf-dataset": _parse_hf_dataset, "wds": _parse_wds, "csv": _parse_csv,
+}
+_SOURCES: dict[str, tuple[Callable[..., DataSource], str, str]] = {
+    form.kind: (_FACTORIES[form.kind], form.example, form.description) for form in DATA_SPECS
 }
 
 
@@ -1182,7 +1160,7 @@ def create_source(spec: str, seed: int = 0, *, exclude: Iterable[str | os.PathLi
     kind, sep, options = spec.partition(":")
     entry = _SOURCES.get(kind.strip().lower())
     if entry is None:
-        raise VitdepthError(_unknown_spec_message(spec, kind))
+        raise VitdepthError(unknown_data_spec_message(spec, kind))
     options = options.strip() if sep else None
     if entry[0] is _parse_folder:
         # Only folder sources read paths from disk; the others have nothing to exclude.
@@ -1191,23 +1169,4 @@ def create_source(spec: str, seed: int = 0, *, exclude: Iterable[str | os.PathLi
 
 
 def _valid_forms() -> str:
-    return ", ".join(f"'{example}'" for example, _ in list_sources())
-
-
-def _unknown_spec_message(spec: str, kind: str) -> str:
-    close = difflib.get_close_matches(kind.strip().lower(), list(_SOURCES), n=3, cutoff=0.5)
-    hints = []
-    if close:
-        hints.append("did you mean " + " or ".join(f"'{c}'" for c in close) + "?")
-    path = os.path.expanduser(spec)
-    if os.path.isdir(path):
-        hints.append(f"for a folder of images use 'folder:{spec}';")
-    else:
-        lower = spec.lower()
-        for ends, kind in ((".csv", "csv"), (".tsv", "csv"), (".tar", "wds"), (".parquet", "hf-dataset"),
-                           (".arrow", "hf-dataset")):
-            if lower.endswith(ends):
-                hints.append(f"for this file use '{kind}:{spec}';")
-                break
-    hint = (" " + " ".join(hints)) if hints else ""
-    return f"unknown data spec '{spec}';{hint} valid forms: {_valid_forms()}"
+    return data_forms()

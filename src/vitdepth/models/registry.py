@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .._errors import VitdepthError
+from ..specs import model_spec_error
 from .tapped import TappedModel
 
 
@@ -27,8 +27,19 @@ class AdapterInfo:
 _ADAPTERS: dict[str, AdapterInfo] = {}
 
 
-def register_adapter(prefix: str, example: str, description: str):
-    """Register ``loader(target, *, checkpoint, random_init, seed) -> TappedModel`` under ``prefix``."""
+def register_adapter(prefix: str, example: str | None = None, description: str | None = None):
+    """Register ``loader(target, *, checkpoint, random_init, seed) -> TappedModel`` under ``prefix``.
+
+    The built-in adapters take their example spec and description from :data:`vitdepth.specs.MODEL_SPECS` (read
+    by ``vitdepth models`` without importing them); another adapter passes its own.
+    """
+    from ..specs import MODEL_SPECS
+
+    builtin = {f.kind: f for f in MODEL_SPECS}.get(prefix)
+    example = example if example is not None else builtin.example if builtin else None
+    description = description if description is not None else builtin.description if builtin else None
+    if example is None or description is None:
+        raise ValueError(f"adapter {prefix!r} needs an example spec and a description")
 
     def deco(fn):
         if prefix in _ADAPTERS:
@@ -50,30 +61,16 @@ def list_adapters() -> list[AdapterInfo]:
 
 
 def parse_spec(spec: str) -> tuple[AdapterInfo, str]:
-    """Split ``prefix:target`` and find its adapter, with close matches on failure."""
+    """Split ``prefix:target`` and find its adapter, with close matches on failure.
+
+    The message is :func:`vitdepth.specs.model_spec_error`'s, the one the CLI gives before anything loads.
+    """
     _ensure_loaded()
-    prefix, sep, target = spec.partition(":")
-    if sep and prefix in _ADAPTERS and target:
-        return _ADAPTERS[prefix], target
-    forms = ", ".join(f"{a.prefix}:… (e.g. {a.example})" for a in list_adapters())
-    if sep and prefix in _ADAPTERS:
-        raise VitdepthError(f"model spec {spec!r} names no model after '{prefix}:'; valid forms: {forms}")
-    if not sep:
-        hint = _timm_name_hint(spec)
-        raise VitdepthError(f"unknown model spec {spec!r}: it needs a prefix{hint}; valid forms: {forms}")
-    close = difflib.get_close_matches(prefix, list(_ADAPTERS), n=3)
-    hint = f"; did you mean {', '.join(c + ':' + target for c in close)}?" if close else ""
-    raise VitdepthError(f"unknown model spec prefix {prefix!r} in {spec!r}{hint} valid forms: {forms}")
-
-
-def _timm_name_hint(name: str) -> str:
-    try:
-        import timm
-    except ImportError:
-        return ""
-    if timm.is_model(name):
-        return f" (did you mean timm:{name}?)"
-    return ""
+    error = model_spec_error(spec, [(a.prefix, a.example) for a in list_adapters()])
+    if error is not None:
+        raise VitdepthError(error)
+    prefix, _, target = spec.partition(":")
+    return _ADAPTERS[prefix], target
 
 
 def create_model(spec: str, *, checkpoint: str | None = None, random_init: bool = False, seed: int = 0,

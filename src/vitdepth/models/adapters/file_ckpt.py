@@ -29,8 +29,7 @@ def build_architecture(cfg: dict) -> torch.nn.Module:
         raise VitdepthError(f"checkpoint model_args do not fit timm's VisionTransformer ({e})") from None
 
 
-@register_adapter("file", example="file:/tmp/fam/L",
-                  description="a vitdepth checkpoint directory (config.json + model.safetensors)")
+@register_adapter("file")
 def load_file(target: str, *, checkpoint: str | None, random_init: bool, seed: int) -> TappedModel:
     path = Path(target)
     cfg = read_checkpoint_config(path)

@@ -446,10 +446,7 @@ def _load_hf_hub(transformers, repo: str, random_init: bool):
     return config, model, {"source": "hf-hub", "id": repo, "commit": commit, "files": _hub_files(repo, commit)}
 
 
-@register_adapter("hf", example="hf:google/vit-base-patch16-224",
-                  description="a Hugging Face ViT-like model, a local directory or a hub id (ViT, DeiT, DINOv2/v3, "
-                              "BEiT, Data2Vec, MSN, MAE, I-JEPA, SigLIP, AIMv2, CLIP vision; see docs/models.md); hub "
-                              "ids from the Hugging Face cache, downloaded when allowed")
+@register_adapter("hf")
 def load_hf(target: str, *, checkpoint: str | None, random_init: bool, seed: int,
             image_size: int | None = None) -> TappedModel:
     try:

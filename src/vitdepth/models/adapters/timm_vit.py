@@ -258,10 +258,7 @@ def _load_pretrained(name: str, kwargs: dict) -> tuple[nn.Module, dict]:
     raise VitdepthError(f"{spec} has no pretrained weights in timm{which}; {_TIMM_ALTERNATIVE}")
 
 
-@register_adapter("timm", example="timm:vit_small_patch16_224",
-                  description="timm ViTs (ViT, DeiT, registers, EVA-02, RoPE, DINOv3, BEiT, relpos, SigLIP, hybrids; "
-                              "see docs/models.md), NAME[.TAG]; timm's pretrained weights (Hugging Face cache, "
-                              "downloaded when allowed), --checkpoint or --random-init")
+@register_adapter("timm")
 def load_timm(name: str, *, checkpoint: str | None, random_init: bool, seed: int,
               image_size: int | None = None) -> TappedModel:
     import timm

@@ -125,10 +125,7 @@ def wrap_torchvision(model: nn.Module, spec: str, identity: dict, weights=None) 
     return tm
 
 
-@register_adapter("torchvision", example="torchvision:vit_b_16",
-                  description="torchvision ViTs (vit_b_16, vit_l_16, ...); DEFAULT weights through torch hub's "
-                              "cache (downloaded when allowed), --checkpoint or --random-init; the weights' own "
-                              "preprocessing")
+@register_adapter("torchvision")
 def load_torchvision(name: str, *, checkpoint: str | None, random_init: bool, seed: int) -> TappedModel:
     import torchvision
 
