@@ -54,6 +54,29 @@ def test_digits_matches_sklearn(digits):
     assert digits.item_name(12) == "digits[12]"
 
 
+def test_digits_read_without_scikit_learn_equal_load_digits(monkeypatch):
+    """The shipped CSV read directly (no scikit-learn import) and the load_digits fallback give the same arrays."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from vitdepth.data.sources import load_digits_arrays
+
+    ref = load_digits()
+    images, labels = load_digits_arrays()
+    np.testing.assert_array_equal(images, ref.images)
+    np.testing.assert_array_equal(labels, ref.target)
+    code = ("import sys; from vitdepth.data.sources import load_digits_arrays; load_digits_arrays(); "
+            "assert 'sklearn.datasets' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no file found: load_digits
+    images, labels = load_digits_arrays()
+    np.testing.assert_array_equal(images, ref.images)
+
+
 def test_digits_identity(digits):
     ident = digits.identity()
     assert json.loads(json.dumps(ident)) == ident

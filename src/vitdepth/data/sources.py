@@ -222,6 +222,31 @@ class DataSource(ABC):
         return None
 
 
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images (1797, 8, 8) float64 in 0..16 and labels (1797,), as ``load_digits`` gives.
+
+    Read straight from the file scikit-learn ships and ``load_digits`` parses (``sklearn/datasets/data/
+    digits.csv.gz``: 64 pixels and the label per row), found without importing scikit-learn, whose import takes
+    about a second: most of what a small ``analyze --data digits`` or ``vitdepth demo`` would otherwise spend
+    before its first image. Falls back to ``load_digits`` if the file is not where that version keeps it.
+    """
+    import gzip
+    import importlib.util
+
+    found = importlib.util.find_spec("sklearn")
+    for root in (found.submodule_search_locations or []) if found is not None else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as f:
+                data = np.loadtxt(f, delimiter=",")
+            if data.shape == (1797, 65):
+                return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return np.asarray(digits.images, dtype=np.float64), np.asarray(digits.target, dtype=np.int64)
+
+
 class DigitsSource(DataSource):
     """scikit-learn's bundled handwritten digits: 1,797 8x8 images of 0-9, no download needed.
 
@@ -235,15 +260,12 @@ class DigitsSource(DataSource):
     kind = "digits"
 
     def __init__(self, spec: str = "digits") -> None:
-        # Imported here because scikit-learn takes about a second to import and only this source needs it.
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
+        images, target = load_digits_arrays()
         self.spec = spec
-        self.class_names = [str(int(c)) for c in digits.target_names]
-        self.labels = np.asarray(digits.target, dtype=np.int64)
+        self.class_names = [str(c) for c in range(10)]
+        self.labels = np.asarray(target, dtype=np.int64)
         self.warnings = []
-        gray = np.rint(np.asarray(digits.images, dtype=np.float64) * (255.0 / 16.0))
+        gray = np.rint(np.asarray(images, dtype=np.float64) * (255.0 / 16.0))
         self._images = np.ascontiguousarray(np.clip(gray, 0, 255).astype(np.uint8))
 
     def load(self, i: int) -> Image.Image:  # noqa: D102 - documented on DataSource
