@@ -145,8 +145,9 @@ def _clean_stream(tm, x):
     return seen
 
 
+@pytest.mark.parametrize("first", [0, 1])
 @pytest.mark.parametrize("family", ["timm", "hf"])
-def test_reusing_the_clean_prefix_changes_no_edited_output(family, hf_dirs):
+def test_reusing_the_clean_prefix_changes_no_edited_output(family, first, hf_dirs):
     """Skipping the blocks before each group's edit gives the outputs of running every block (swaps at every layer
     including L, knock-outs from every block), on timm (positional block calls) and HF (keyword calls)."""
     if family == "timm":
@@ -161,7 +162,7 @@ def test_reusing_the_clean_prefix_changes_no_edited_output(family, hf_dirs):
     with torch.inference_mode():
         clean = _clean_stream(tm, x)
         assert len(clean) == tm.depth + 1
-        layers = list(range(tm.depth + 1))
+        layers = list(range(first, tm.depth + 1))  # first = 1: block 0 has no edited rows
         stacked = x.repeat(len(layers), 1, 1, 1)
         donor = torch.randn(n, clean[0].shape[-1], generator=torch.Generator().manual_seed(5))
 
@@ -178,7 +179,7 @@ def test_reusing_the_clean_prefix_changes_no_edited_output(family, hf_dirs):
         torch.testing.assert_close(reused, full, rtol=1e-5, atol=1e-5)
         assert (full[:n] - full[-n:]).abs().max() > 1e-4  # the groups really differ
         if family == "timm":
-            starts = list(range(tm.depth))
+            starts = list(range(first, tm.depth))
             per_image = torch.as_tensor(starts).repeat_interleave(n)
             stacked = x.repeat(len(starts), 1, 1, 1)
             with block_key(tm, key=0, from_block=per_image, queries=slice(1, None)):

@@ -171,7 +171,7 @@ def reuse_clean_prefix(tm: TappedModel, clean: list[torch.Tensor], starts: list[
         raise ValueError(f"starts must be ascending, got {starts}")
     n, groups = clean[0].shape[0], len(starts)
     total = n * groups
-    state: dict[int, int] = {}
+    state: dict[int, tuple[int, int]] = {}  # block -> (rows it computes, rows that are edited)
 
     def active_rows(j: int) -> int:
         return n * sum(1 for s in starts if s <= j)
@@ -181,24 +181,27 @@ def reuse_clean_prefix(tm: TappedModel, clean: list[torch.Tensor], starts: list[
 
     def before(j):
         def hook(_mod, args, kwargs):
-            rows = active_rows(j)
+            active = active_rows(j)
             first = args[0] if args else kwargs.get("hidden_states")
-            if rows == total or first is None or first.shape[0] != total:
-                state[j] = total if first is not None and first.shape[0] == total else -1
+            if active == total or first is None or first.shape[0] != total:
+                state[j] = (-1, -1)
                 return None
-            state[j] = rows
+            # a block never gets an empty batch (some reshape with -1 and fail on 0 rows): before the first
+            # edit it computes one group, whose result is then dropped
+            rows = max(active, n)
+            state[j] = (rows, active)
             return tuple(cut(a, rows) for a in args), {k: cut(v, rows) for k, v in kwargs.items()}
         return hook
 
     def after(j):
         def hook(_mod, _args, out):
-            rows = state.pop(j, -1)
-            if rows < 0 or rows == total:
+            _rows, active = state.pop(j, (-1, -1))
+            if active < 0:
                 return None
             first = out[0] if isinstance(out, (tuple, list)) else out
             filler = clean[j + 1].to(device=first.device, dtype=first.dtype)
-            skipped = filler.repeat(groups - rows // n, *([1] * (filler.dim() - 1)))
-            return _replace_first(out, torch.cat([first, skipped]))
+            skipped = filler.repeat(groups - active // n, *([1] * (filler.dim() - 1)))
+            return _replace_first(out, torch.cat([first[:active], skipped]))
         return hook
 
     with ExitStack() as stack:
