@@ -190,7 +190,6 @@ def uninstall_step_timers(saved: list) -> None:
 
 
 def part_a(args, work: Path, results: dict) -> None:
-    import dataclasses
 
     import numpy as np
     import torch
@@ -630,8 +629,8 @@ def part_b(args, work: Path, results: dict) -> None:
 
     def analyze_cmd(cfg_name):
         out = work / f"b_analyze_{cfg_name.replace(' ', '_').replace('-', '')}"
-        return out, [PY, "-m", "vitdepth", "analyze", f"hf:{model_dir}", "--data", f"folder:{folder}", "--out", str(out),
-                     "--overwrite", "--quiet", "--batch-size", str(BATCH), *configs[cfg_name]]
+        return out, [PY, "-m", "vitdepth", "analyze", f"hf:{model_dir}", "--data", f"folder:{folder}",
+                     "--out", str(out), "--overwrite", "--quiet", "--batch-size", str(BATCH), *configs[cfg_name]]
 
     floor = run_child([PY, "-c", floor_code], work / "b_floor.log")
     print(f"  floor (python + torch + transformers + load model): {floor['wall_s']:.1f} s, "

@@ -329,9 +329,9 @@ def test_analyze_drafts_large_jpegs_by_default_and_records_it(tmp_path):
         (d / f"{i}.jpg").write_bytes(natural_jpeg(400 + 8 * i, 320, seed=i))
     runs = {}
     for draft in (True, False):
-        out = analyze(model=tiny_timm_vit(num_classes=2), data=f"folder:{tmp_path / 'imgs'}", out=str(tmp_path / str(draft)),
-                      quiet=True, figures=False, metrics="token_sim", num_workers=0, draft_decode=draft,
-                      n_boot=20, n_boot_phases=5, cka_samples=0)
+        out = analyze(model=tiny_timm_vit(num_classes=2), data=f"folder:{tmp_path / 'imgs'}",
+                      out=str(tmp_path / str(draft)), quiet=True, figures=False, metrics="token_sim", num_workers=0,
+                      draft_decode=draft, n_boot=20, n_boot_phases=5, cka_samples=0)
         runs[draft] = (json.loads((out / "run.json").read_text()), np.load(out / "per_image.npz"))
     (meta_d, npz_d), (meta_f, npz_f) = runs[True], runs[False]
     size = meta_d["data"]["draft_decode"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitdepth.cli import main as cli_main
 from vitdepth import VitdepthError
+from vitdepth.cli import main as cli_main
 from vitdepth.outputs import FAULT_ENV, partial_dir
 
 VITDEPTH = [sys.executable, "-m", "vitdepth"]

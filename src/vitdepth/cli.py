@@ -232,13 +232,12 @@ def _check_analyze_args(args) -> None:
     now come before those of ``--out`` and ``--device`` availability, which ``analyze()`` checks first.
     """
     from .report.figures import parse_formats  # numpy only; matplotlib loads when a figure is drawn
-    from .specs import data_spec_error, model_spec_error
+    from .specs import data_spec_error, device_form_error, image_size_error, model_spec_error
 
     parse_formats(args.figure_format)
-    if args.image_size is not None and args.image_size < 1:
-        raise VitdepthError(f"--image-size must be a positive number of pixels, got {args.image_size}")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise VitdepthError(f"--device {args.device!r} is not understood; use cpu or cuda[:N]")
+    for error in (image_size_error(args.image_size), device_form_error(args.device)):
+        if error is not None:
+            raise VitdepthError(error)
     # Once loaded (a library caller, the tests) the registries answer themselves: they may hold more than the
     # built-in kinds.
     error = None if "vitdepth.data.sources" in sys.modules else data_spec_error(args.data)

@@ -141,3 +141,20 @@ def unknown_data_spec_message(spec: str, kind: str) -> str:
                 break
     hint = (" " + " ".join(hints)) if hints else ""
     return f"unknown data spec '{spec}';{hint} valid forms: {data_forms()}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# analyze flags checked before anything loads (and again by analyze() itself, with the same message)
+
+
+def image_size_error(size: int | None) -> str | None:
+    """The error for an ``--image-size`` that is not a positive number of pixels, else None."""
+    return None if size is None or size >= 1 else f"--image-size must be a positive number of pixels, got {size}"
+
+
+def device_form_error(device: str) -> str | None:
+    """The error for a ``--device`` that is neither ``cpu`` nor ``cuda[:N]``, else None (availability is
+    checked where torch is loaded)."""
+    if device == "cpu" or device.startswith("cuda"):
+        return None
+    return f"--device {device!r} is not understood; use cpu or cuda[:N]"

@@ -65,6 +65,7 @@ from ..models import TappedModel, create_model, tap_module
 from ..outputs import FAULT_ENV, OutputDir, disk_full_error, has_checkpoint
 from ..phases import saturation_layer
 from ..results import layer_depth, layer_order, write_layers
+from ..specs import device_form_error, image_size_error
 from ..summaries import build_phases
 from .cache import FeatureCache
 from .causal import (
@@ -178,8 +179,8 @@ def _validate(cfg: AnalyzeConfig) -> None:
         raise VitdepthError(f"--dtype {cfg.dtype!r} is not known; use one of {', '.join(AUTOCAST_DTYPES)}")
     if not isinstance(cfg.checkpoint_every, (int, float)) or not cfg.checkpoint_every >= 0:
         raise VitdepthError(f"--checkpoint-every must be a number of seconds >= 0, got {cfg.checkpoint_every}")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise VitdepthError(f"--image-size must be a positive number of pixels, got {cfg.image_size}")
+    if image_size_error(cfg.image_size) is not None:
+        raise VitdepthError(image_size_error(cfg.image_size))
 
 
 def _model_inputs(cfg: AnalyzeConfig) -> list[str]:
@@ -281,8 +282,8 @@ def _versions() -> dict:
 def _resolve_device(device: str, ctx: DistContext | None = None) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VitdepthError(f"--device {device} was asked for but CUDA is not available here; use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise VitdepthError(f"--device {device!r} is not understood; use cpu or cuda[:N]")
+    if device_form_error(device) is not None:
+        raise VitdepthError(device_form_error(device))
     if device == "cuda" and ctx is not None and ctx.enabled:
         return torch.device("cuda", ctx.local_rank)  # torchrun: one GPU per process
     return torch.device(device)
@@ -1402,7 +1403,7 @@ def _isi_rec_rows(name, tm, isi_rec, metrics, n_test, warn: list[str]) -> list[d
 
     workers = max(1, min(len(finite), os.cpu_count() or 1, 8))
     with ThreadPoolExecutor(workers, thread_name_prefix="vitdepth-isi-rec") as pool:
-        fitted = dict(zip(finite, pool.map(fit, finite)))
+        fitted = dict(zip(finite, pool.map(fit, finite), strict=True))
     rows = []
     for layer in finite:
         for metric in ("isi_rec", "r2_self", "r2_all"):
