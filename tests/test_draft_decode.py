@@ -15,7 +15,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vitdepth._errors import VitdepthError
 from vitdepth.data import (
@@ -35,30 +35,20 @@ MAX_BOUND = 20.0  # 0..255 units, max |full - draft|
 DEFAULT = PreprocessConfig((224, 224), crop_pct=0.875)  # timm's default eval config: resize 256, crop 224
 
 
-@functools.cache
-def natural_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
-    """Photo-like JPEG bytes: smooth colour gradients, filled shapes, a fine texture and noise (as the benchmark)."""
-    rng = np.random.default_rng([seed, width, height])
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    x /= width
-    y /= height
-    img = np.empty((height, width, 3), np.float32)
-    for c in range(3):
-        a, b, p = rng.uniform(-1, 1, 3)
-        img[..., c] = 128 + 60 * np.sin(3 * a * x + 2 * b * y + 6 * p) + 30 * (x - y) * a
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(pil)
-    for _ in range(40):
-        x0, x1 = sorted(rng.uniform(0, width, 2))
-        y0, y1 = sorted(rng.uniform(0, height, 2))
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-    arr = np.asarray(pil, dtype=np.float32)
-    arr += 12 * np.sin(2 * np.pi * (x * width / 5.3 + y * height / 7.1))[..., None]
-    arr += rng.normal(0, 6, arr.shape).astype(np.float32)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+def _bench_decode():
+    """benchmarks/bench_decode.py, whose picture generator the tolerance was measured with."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decode.py"
+    spec = importlib.util.spec_from_file_location("bench_decode", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: photo-like JPEG bytes (gradients, shapes, fine texture, noise), as in the benchmark that measured the bounds
+natural_jpeg = functools.cache(_bench_decode().natural_jpeg)
 
 
 def pixel_diff(a: torch.Tensor, b: torch.Tensor, cfg: PreprocessConfig | tuple) -> tuple[float, float]:
