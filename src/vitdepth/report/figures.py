@@ -80,18 +80,6 @@ def y_label(metric: str) -> str:
     return Y_LABELS.get(metric, metric)
 
 
-def _plt():
-    """``matplotlib.pyplot`` on the Agg backend. Kept for callers that close figures with ``_plt().close(fig)``;
-    this module itself draws without pyplot (:func:`_new_figure`), so closing is optional: an unreferenced
-    figure is garbage like any object."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 #: Resolution of every figure. Figures are created at this dpi (not re-rendered at it on save), so the text
 #: extents that ``tight_layout`` measures are the ones the PNG is drawn with.
 DPI = 120
@@ -339,7 +327,7 @@ def run_figures(rows: list[dict], model: str, phases: dict | None = None) -> dic
     """One open matplotlib ``Figure`` per metric family present in ``rows``: ``{family: Figure}``.
 
     Curves with a phase fit in ``phases`` (phases.json) get their two breakpoints marked. Each figure is a fresh
-    object on its own Agg canvas (not registered with pyplot; ``plt.close`` on it is harmless).
+    object on its own Agg canvas (not registered with pyplot: nothing to close).
     """
     return dict(_iter_run_figures(rows, model, phases, None))
 
@@ -350,7 +338,6 @@ def write_run_figures(run_dir: Path, rows: list[dict], model: str, formats=FIGUR
 
     The figures are those of :func:`run_figures`, but families with the same number of panels share one figure
     object, cleared and redrawn (:class:`_Reuse`), and each is drawn once per format (no layout re-draw on save).
-    To draw them while something else runs, see :func:`start_run_figures`.
     """
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -770,14 +770,11 @@ _CKA_READING = ("Debiased linear CKA (Kornblith et al. 2019; unbiased HSIC of So
 
 
 def _inline_figure(fig, caption: str) -> str:
-    """A figure drawn at report time (an open matplotlib ``Figure``), embedded as PNG bytes and closed."""
+    """A figure drawn at report time (a matplotlib ``Figure`` outside pyplot), embedded as PNG bytes."""
     import io
-
-    from .figures import _plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    _plt().close(fig)
     uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<figure><img alt="{_e(caption)}" src="{uri}"><figcaption>{_e(caption)}</figcaption></figure>'
 
