@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from vitdepth._errors import VitdepthError
-from vitdepth.metrics.probes import DEFAULT_ALPHAS, RidgeProbe, fit_ridge_probe
+from vitdepth.metrics.probes import DEFAULT_ALPHAS, RidgeProbe, RidgeSolution, fit_ridge_probe, select_ridge_probe
 
 
 def _features(n: int = 600, seed: int = 0, n_classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -249,6 +249,36 @@ def test_fit_ridge_probe_streams_from_a_float16_memmap(tmp_path):
     np.testing.assert_allclose(probe.coef_, ref.coef_, rtol=1e-7, atol=1e-10 * np.abs(ref.coef_).max())
     assert probe.val_scores_[probe.alpha_] == pytest.approx(ref.score(x16[ntr:], y[ntr:]))
     assert probe.val_scores_[probe.alpha_] > 0.8
+
+
+def test_select_ridge_probe_is_fit_ridge_probe_without_the_estimator():
+    (xtr, ytr), (xva, yva), (xte, _) = _overfit_regime()
+    solution = select_ridge_probe(_chunks(xtr, ytr, [40, 60]), [(xva, yva)], classes=[0, 1, 2])
+    probe = fit_ridge_probe(_chunks(xtr, ytr, [40, 60]), [(xva, yva)], classes=[0, 1, 2])
+    assert isinstance(solution, RidgeSolution) and not isinstance(solution, RidgeProbe)
+    assert solution.alpha == probe.alpha_ and solution.val_scores == probe.val_scores_
+    assert solution.n_samples_seen == probe.n_samples_seen_ == 100
+    for name in ("coef", "intercept", "mean", "scale", "classes"):
+        np.testing.assert_array_equal(getattr(solution, name), getattr(probe, name + "_"))
+    np.testing.assert_array_equal(solution.predict(xte), probe.predict(xte))
+    # the estimator carries the statistics on: one more chunk equals a fit on everything at that alpha
+    probe.partial_fit(xva, yva)
+    ref = RidgeProbe(alpha=solution.alpha).fit(np.vstack([xtr, xva]), np.concatenate([ytr, yva]))
+    np.testing.assert_allclose(probe.coef_, ref.coef_, rtol=1e-7, atol=1e-10 * np.abs(ref.coef_).max())
+
+
+def test_select_ridge_probe_checks_its_chunks():
+    x, y = _features()
+    with pytest.raises(VitdepthError, match="2-D array"):
+        select_ridge_probe([(x[:, 0], y)], [(x, y)], classes=[0, 1, 2, 3])
+    with pytest.raises(VitdepthError, match="the training chunks had"):
+        select_ridge_probe([(x, y)], [(x[:, :-1], y)], classes=[0, 1, 2, 3])
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(VitdepthError, match="NaN or infinity"):
+        select_ridge_probe([(bad, y)], [(x, y)], classes=[0, 1, 2, 3])
+    with pytest.raises(VitdepthError, match="one label per row"):
+        select_ridge_probe([(x, y[:-1])], [(x, y)], classes=[0, 1, 2, 3])
 
 
 def test_fit_ridge_probe_errors():

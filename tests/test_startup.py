@@ -121,6 +121,18 @@ def test_analysis_import_loads_no_sklearn_matplotlib_or_transformers():
     assert out.stdout.strip() == "[]"
 
 
+def test_labelled_analyze_loads_no_sklearn(tiny_file_model, tmp_path):
+    # the ridge probes of a run are plain arrays (RidgeSolution): scikit-learn's ~1 s import is not paid by analyze
+    code = ("import sys\nfrom vitdepth.analysis.run import AnalyzeConfig, analyze\n"
+            f"analyze(AnalyzeConfig(model='file:{tiny_file_model}', data='digits', samples=200, quiet=True, "
+            f"metrics='probe_acc,nc1', cka_samples=0, out={str(tmp_path / 'r')!r}))\n"
+            "print([m for m in ('sklearn',) if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "r" / "layers.csv").is_file()
+
+
 def test_lazy_package_names_resolve():
     import vitdepth
     import vitdepth.data

@@ -59,7 +59,7 @@ from ..metrics.catalog import resolve_metrics
 from ..metrics.collapse import CollapseStats, collapse_compute, collapse_merge, collapse_update, nc4_disagreement
 from ..metrics.functional import reduction_dtype
 from ..metrics.isi_rec import ReconstructionISI, default_k_in
-from ..metrics.probes import fit_ridge_probe
+from ..metrics.probes import select_ridge_probe
 from ..metrics.stats import bootstrap_mean_ci, wilson_interval
 from ..models import TappedModel, create_model, tap_module
 from ..outputs import FAULT_ENV, OutputDir, disk_full_error, has_checkpoint
@@ -1291,7 +1291,7 @@ def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, cor
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                probe = fit_ridge_probe(chunks("train"), chunks("val"), classes)
+                probe = select_ridge_probe(chunks("train"), chunks("val"), classes)
             correct = total = 0
             stats = CollapseStats.empty(n_classes, cache.dim)
             for x, y in chunks("test"):
@@ -1304,13 +1304,13 @@ def _probe_rows(name, tm, cache, labels, splits, usable, n_classes, metrics, cor
                     stats = collapse_merge(stats, collapse_update(x, y, n_classes))
             if final_probes is not None and layer == layer_names[-1]:
                 final_probes[ts] = (probe, split_rows["test"])
-            info["alpha"][f"{ts}/{layer}"] = float(probe.alpha_)
-            info["val_accuracy"][f"{ts}/{layer}"] = float(max(probe.val_scores_.values()))
+            info["alpha"][f"{ts}/{layer}"] = probe.alpha
+            info["val_accuracy"][f"{ts}/{layer}"] = float(max(probe.val_scores.values()))
             if "probe_acc" in metrics:
                 lo, hi = wilson_interval(correct, total)
                 rows.append(_row(name, layer, tm.depth, "probe_acc", ts, correct / total, lo, hi, total))
             if want_nc:
-                nc = collapse_compute(stats, probe.coef_)
+                nc = collapse_compute(stats, probe.coef)
                 means = stats.class_means()
                 disagree = n_nc4 = 0
                 for x, _ in chunks("test"):

@@ -132,6 +132,19 @@ class RidgeProbe(ClassifierMixin, BaseEstimator):
         self.mean_ = self._stats.mean.copy()
         self.n_samples_seen_ = int(self._stats.n)
 
+    @classmethod
+    def _from_solution(cls, solution, stats, standardize: bool) -> RidgeProbe:
+        """The estimator :func:`~vitdepth.metrics.probes.fit_ridge_probe` returns, around a ``RidgeSolution``."""
+        probe = cls(alpha=solution.alpha, standardize=standardize)
+        probe._validate_params()
+        probe.classes_ = solution.classes
+        probe.n_features_in_ = solution.coef.shape[1]
+        probe._stats = stats
+        probe._set_solution(solution.coef, solution.intercept, solution.scale)
+        probe.alpha_ = solution.alpha
+        probe.val_scores_ = dict(solution.val_scores)
+        return probe
+
     def _solve(self) -> None:
         coef, intercept, scale = _ridge_solve(self._stats, float(self.alpha), bool(self.standardize))
         self._set_solution(coef, intercept, scale)

@@ -36,9 +36,11 @@ from vitdepth._errors import VitdepthError
 if TYPE_CHECKING:
     from ._ridge_estimator import RidgeProbe
 
-__all__ = ["DEFAULT_ALPHAS", "InvalidParameterError", "RidgeProbe", "fit_ridge_probe"]
+__all__ = [
+    "DEFAULT_ALPHAS", "InvalidParameterError", "RidgeProbe", "RidgeSolution", "fit_ridge_probe", "select_ridge_probe",
+]  # fmt: skip
 
-#: Ridge penalties tried by :func:`fit_ridge_probe`, in scikit-learn's units (the ``alpha`` of
+#: Ridge penalties tried by :func:`select_ridge_probe`, in scikit-learn's units (the ``alpha`` of
 #: ``Ridge``/``RidgeCV``, not scaled by the number of samples). With standardized features the
 #: Gram's diagonal is ``n``, so ``alpha / n`` is the relative shrinkage: 1e-6..1e2 at n = 1,000
 #: and 1e-8..1 at n = 100,000. Overfitting shrinks as n grows, so the absolute grid tracks the
@@ -219,63 +221,79 @@ def _encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def fit_ridge_probe(
-    train_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-    val_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-    classes,
-    alphas=DEFAULT_ALPHAS,
-    *,
-    standardize: bool = True,
-) -> RidgeProbe:
-    """Fit a ridge probe, choosing alpha on a validation split, streaming both splits once.
+@dataclass(frozen=True)
+class RidgeSolution:
+    """A ridge probe chosen by validation, as plain arrays (what :func:`select_ridge_probe` returns).
 
-    Train statistics are accumulated chunk by chunk (float64), the standardized Gram is
-    eigendecomposed once, and every alpha is scored on the validation chunks only (accuracy;
-    ties go to the larger alpha, the simpler model). The test split is never seen here.
+    The analysis needs only the solution and ``predict``; keeping scikit-learn's estimator out of that path saves
+    the second scikit-learn takes to import in every ``vitdepth analyze``. :func:`fit_ridge_probe` wraps the same
+    solution in a :class:`RidgeProbe` for the scikit-learn API.
 
-    Args:
-        train_chunks: Iterable of ``(X, y)`` chunks of the training split, X (n_i, d) of any
-            float dtype (e.g. slices of an fp16 memmap), y (n_i,). Read once.
-        val_chunks: Iterable of ``(X, y)`` chunks of the validation split. Read once.
-        classes: Every label that can appear.
-        alphas: Ridge penalties to try, scikit-learn units (see :data:`DEFAULT_ALPHAS`).
-        standardize: Standardize features (training mean and std) before the ridge.
-
-    Returns:
-        A :class:`RidgeProbe` fitted at the chosen alpha (its ``alpha`` parameter is set to it),
-        with ``alpha_`` and ``val_scores_`` (dict alpha -> validation accuracy).
-
-    Raises:
-        InvalidParameterError: A bad alpha.
-        VitdepthError: An empty split or a label outside ``classes``.
+    Attributes:
+        classes: Sorted class labels, (C,).
+        coef: Weights in the original feature space, (C, d) (standardization folded in).
+        intercept: Intercepts in the original feature space, (C,).
+        mean: Training feature means, (d,).
+        scale: Training feature population std (1 for constant features or without standardization), (d,).
+        alpha: The chosen ridge penalty (scikit-learn units).
+        val_scores: Validation accuracy per alpha tried.
+        n_samples_seen: Number of training samples.
     """
-    from ._ridge_estimator import RidgeProbe, sk_validate_data  # scikit-learn loads here, not on import
 
+    classes: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    alpha: float
+    val_scores: dict
+    n_samples_seen: int
+
+    def predict(self, x) -> np.ndarray:
+        """Arg-max class of the ridge scores (ties go to the first class), (n,); as ``RidgeProbe.predict``."""
+        scores = _chunk_features(x, self.coef.shape[1], "predict") @ self.coef.T + self.intercept
+        return self.classes[np.argmax(scores, axis=1)]
+
+
+def _chunk_features(x, n_features: int | None, where: str) -> np.ndarray:
+    """One chunk of features as float64 (n, d), checked as scikit-learn's ``validate_data`` would check it."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise _ProbeInputError(f"{where}: features must be a 2-D array (n_samples, n_features), got shape {x.shape}.")
+    if n_features is not None and x.shape[1] != n_features:
+        raise _ProbeInputError(f"{where}: a chunk has {x.shape[1]} features, the training chunks had {n_features}; "
+                               "pass features of one layer and token set.")
+    if not np.isfinite(x).all():
+        raise _ProbeInputError(f"{where}: features contain NaN or infinity; drop or repair those rows first.")
+    return x
+
+
+def _select_ridge(train_chunks, val_chunks, classes, alphas, standardize: bool) -> tuple[RidgeSolution, _RidgeStats]:
+    """The work of :func:`select_ridge_probe`; also returns the training statistics (a ``RidgeProbe`` keeps them)."""
     alphas = _check_alphas(alphas, "fit_ridge_probe")
     classes = np.unique(np.asarray(classes))
     if classes.size == 0:
         raise _ProbeInputError("fit_ridge_probe got no classes; pass every label that can appear in `classes`.")
-    probe = RidgeProbe(alpha=float(alphas[-1]), standardize=standardize)
-    probe._validate_params()
-    probe.classes_ = classes
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise InvalidParameterError(f"The 'standardize' parameter of fit_ridge_probe must be an instance of 'bool'. "
+                                    f"Got {standardize!r} instead.")
+    stats, n_features = None, None
     for X, y in train_chunks:
-        probe._accumulate(X, y)
-    if not hasattr(probe, "_stats"):
+        X = _chunk_features(X, n_features, "fit_ridge_probe: train_chunks")
+        n_features = X.shape[1]
+        y_idx = _encode_labels(_chunk_labels(y, X, "train_chunks"), classes)
+        stats = _ridge_merge(stats, _ridge_update(X, y_idx, len(classes)))
+    if stats is None:
         raise _ProbeInputError("fit_ridge_probe: train_chunks yielded no data; pass at least one (X, y) chunk.")
 
-    stats = probe._stats
     path = _ridge_path(stats, bool(standardize))
     ybar = stats.class_counts / stats.n
     weights = [path.weights_eig(float(a)) for a in alphas]
     correct = np.zeros(len(alphas), dtype=np.int64)
     n_val = 0
     for X, y in val_chunks:
-        X = sk_validate_data(probe, X, reset=False, dtype=np.float64)
-        y_idx = _encode_labels(np.asarray(y).ravel(), classes)
-        if len(y_idx) != X.shape[0]:
-            raise _ProbeInputError(
-                f"fit_ridge_probe: a validation chunk has X of shape {X.shape} but y of shape {np.shape(y)}."
-            )
+        X = _chunk_features(X, n_features, "fit_ridge_probe: val_chunks")
+        y_idx = _encode_labels(_chunk_labels(y, X, "val_chunks"), classes)
         # Project once onto the eigenbasis; each alpha is then one (n, d) x (d, C) product.
         proj = ((X - stats.mean) / path.scale) @ path.eigvecs
         for k, w in enumerate(weights):
@@ -287,12 +305,74 @@ def fit_ridge_probe(
     best_count = correct.max()
     # Ties go to the larger alpha: the most regularised of the equally accurate probes.
     best = int(np.flatnonzero(correct == best_count)[np.argmax(alphas[correct == best_count])])
-    probe.alpha = float(alphas[best])
     coef, intercept = _to_original_space(stats, path.scale, path.eigvecs @ weights[best])
-    probe._set_solution(coef, intercept, path.scale)
-    probe.alpha_ = float(alphas[best])
-    probe.val_scores_ = {float(a): float(c) / n_val for a, c in zip(alphas, correct, strict=True)}
-    return probe
+    val_scores = {float(a): float(c) / n_val for a, c in zip(alphas, correct, strict=True)}
+    solution = RidgeSolution(classes=classes, coef=coef, intercept=intercept, mean=stats.mean.copy(), scale=path.scale,
+                             alpha=float(alphas[best]), val_scores=val_scores, n_samples_seen=int(stats.n))
+    return solution, stats
+
+
+def _chunk_labels(y, x: np.ndarray, which: str) -> np.ndarray:
+    y = np.asarray(y).ravel()
+    if len(y) != x.shape[0]:
+        raise _ProbeInputError(f"fit_ridge_probe: a chunk of {which} has X of shape {x.shape} but y of shape "
+                               f"{y.shape}; pass one label per row.")
+    return y
+
+
+def select_ridge_probe(
+    train_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    val_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    classes,
+    alphas=DEFAULT_ALPHAS,
+    *,
+    standardize: bool = True,
+) -> RidgeSolution:
+    """Fit a ridge probe, choosing alpha on a validation split, streaming both splits once.
+
+    Train statistics are accumulated chunk by chunk (float64), the standardized Gram is
+    eigendecomposed once, and every alpha is scored on the validation chunks only (accuracy;
+    ties go to the larger alpha, the simpler model). The test split is never seen here.
+    Needs no scikit-learn; :func:`fit_ridge_probe` is the same fit as a scikit-learn estimator.
+
+    Args:
+        train_chunks: Iterable of ``(X, y)`` chunks of the training split, X (n_i, d) of any
+            float dtype (e.g. slices of an fp16 memmap), y (n_i,). Read once.
+        val_chunks: Iterable of ``(X, y)`` chunks of the validation split. Read once.
+        classes: Every label that can appear.
+        alphas: Ridge penalties to try, scikit-learn units (see :data:`DEFAULT_ALPHAS`).
+        standardize: Standardize features (training mean and std) before the ridge.
+
+    Returns:
+        The :class:`RidgeSolution` at the chosen alpha, with the validation accuracy of every alpha.
+
+    Raises:
+        InvalidParameterError: A bad alpha.
+        VitdepthError: An empty split, a label outside ``classes``, or features that are not a finite
+            2-D array of one width.
+    """
+    return _select_ridge(train_chunks, val_chunks, classes, alphas, standardize)[0]
+
+
+def fit_ridge_probe(
+    train_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    val_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    classes,
+    alphas=DEFAULT_ALPHAS,
+    *,
+    standardize: bool = True,
+) -> RidgeProbe:
+    """:func:`select_ridge_probe` as a scikit-learn estimator (same arguments, same fit).
+
+    Returns:
+        A :class:`RidgeProbe` fitted at the chosen alpha (its ``alpha`` parameter is set to it),
+        with ``alpha_`` and ``val_scores_`` (dict alpha -> validation accuracy); ``partial_fit``
+        continues from the training statistics.
+    """
+    from ._ridge_estimator import RidgeProbe  # scikit-learn loads here, not on import
+
+    solution, stats = _select_ridge(train_chunks, val_chunks, classes, alphas, standardize)
+    return RidgeProbe._from_solution(solution, stats, standardize)
 
 
 def __getattr__(name: str):
