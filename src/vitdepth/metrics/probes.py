@@ -268,23 +268,27 @@ def _chunk_features(x, n_features: int | None, where: str) -> np.ndarray:
     return x
 
 
-def _select_ridge(train_chunks, val_chunks, classes, alphas, standardize: bool) -> tuple[RidgeSolution, _RidgeStats]:
-    """The work of :func:`select_ridge_probe`; also returns the training statistics (a ``RidgeProbe`` keeps them)."""
-    alphas = _check_alphas(alphas, "fit_ridge_probe")
+def _select_ridge(train_chunks, val_chunks, classes, alphas, standardize: bool,
+                  owner: str) -> tuple[RidgeSolution, _RidgeStats]:
+    """The work of :func:`select_ridge_probe`; also returns the training statistics (a ``RidgeProbe`` keeps them).
+
+    ``owner`` is the public function named in errors.
+    """
+    alphas = _check_alphas(alphas, owner)
     classes = np.unique(np.asarray(classes))
     if classes.size == 0:
-        raise _ProbeInputError("fit_ridge_probe got no classes; pass every label that can appear in `classes`.")
+        raise _ProbeInputError(f"{owner} got no classes; pass every label that can appear in `classes`.")
     if not isinstance(standardize, (bool, np.bool_)):
-        raise InvalidParameterError(f"The 'standardize' parameter of fit_ridge_probe must be an instance of 'bool'. "
+        raise InvalidParameterError(f"The 'standardize' parameter of {owner} must be an instance of 'bool'. "
                                     f"Got {standardize!r} instead.")
     stats, n_features = None, None
     for X, y in train_chunks:
-        X = _chunk_features(X, n_features, "fit_ridge_probe: train_chunks")
+        X = _chunk_features(X, n_features, f"{owner}: train_chunks")
         n_features = X.shape[1]
-        y_idx = _encode_labels(_chunk_labels(y, X, "train_chunks"), classes)
+        y_idx = _encode_labels(_chunk_labels(y, X, f"{owner}: train_chunks"), classes)
         stats = _ridge_merge(stats, _ridge_update(X, y_idx, len(classes)))
     if stats is None:
-        raise _ProbeInputError("fit_ridge_probe: train_chunks yielded no data; pass at least one (X, y) chunk.")
+        raise _ProbeInputError(f"{owner}: train_chunks yielded no data; pass at least one (X, y) chunk.")
 
     path = _ridge_path(stats, bool(standardize))
     ybar = stats.class_counts / stats.n
@@ -292,15 +296,15 @@ def _select_ridge(train_chunks, val_chunks, classes, alphas, standardize: bool) 
     correct = np.zeros(len(alphas), dtype=np.int64)
     n_val = 0
     for X, y in val_chunks:
-        X = _chunk_features(X, n_features, "fit_ridge_probe: val_chunks")
-        y_idx = _encode_labels(_chunk_labels(y, X, "val_chunks"), classes)
+        X = _chunk_features(X, n_features, f"{owner}: val_chunks")
+        y_idx = _encode_labels(_chunk_labels(y, X, f"{owner}: val_chunks"), classes)
         # Project once onto the eigenbasis; each alpha is then one (n, d) x (d, C) product.
         proj = ((X - stats.mean) / path.scale) @ path.eigvecs
         for k, w in enumerate(weights):
             correct[k] += int(np.count_nonzero(np.argmax(proj @ w + ybar, axis=1) == y_idx))
         n_val += X.shape[0]
     if n_val == 0:
-        raise _ProbeInputError("fit_ridge_probe: val_chunks yielded no data; pass at least one (X, y) chunk.")
+        raise _ProbeInputError(f"{owner}: val_chunks yielded no data; pass at least one (X, y) chunk.")
 
     best_count = correct.max()
     # Ties go to the larger alpha: the most regularised of the equally accurate probes.
@@ -312,11 +316,12 @@ def _select_ridge(train_chunks, val_chunks, classes, alphas, standardize: bool) 
     return solution, stats
 
 
-def _chunk_labels(y, x: np.ndarray, which: str) -> np.ndarray:
+def _chunk_labels(y, x: np.ndarray, where: str) -> np.ndarray:
+    """One chunk's labels as a flat array, one per row of its features ``x``."""
     y = np.asarray(y).ravel()
     if len(y) != x.shape[0]:
-        raise _ProbeInputError(f"fit_ridge_probe: a chunk of {which} has X of shape {x.shape} but y of shape "
-                               f"{y.shape}; pass one label per row.")
+        raise _ProbeInputError(f"{where}: a chunk has X of shape {x.shape} but y of shape {y.shape}; "
+                               "pass one label per row.")
     return y
 
 
@@ -351,7 +356,7 @@ def select_ridge_probe(
         VitdepthError: An empty split, a label outside ``classes``, or features that are not a finite
             2-D array of one width.
     """
-    return _select_ridge(train_chunks, val_chunks, classes, alphas, standardize)[0]
+    return _select_ridge(train_chunks, val_chunks, classes, alphas, standardize, "select_ridge_probe")[0]
 
 
 def fit_ridge_probe(
@@ -371,7 +376,7 @@ def fit_ridge_probe(
     """
     from ._ridge_estimator import RidgeProbe  # scikit-learn loads here, not on import
 
-    solution, stats = _select_ridge(train_chunks, val_chunks, classes, alphas, standardize)
+    solution, stats = _select_ridge(train_chunks, val_chunks, classes, alphas, standardize, "fit_ridge_probe")
     return RidgeProbe._from_solution(solution, stats, standardize)
 
 
