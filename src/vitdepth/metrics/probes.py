@@ -268,6 +268,15 @@ def _chunk_features(x, n_features: int | None, where: str) -> np.ndarray:
     return x
 
 
+def _chunk_labels(y, x: np.ndarray, where: str) -> np.ndarray:
+    """One chunk's labels as a flat array, one per row of its features ``x``."""
+    y = np.asarray(y).ravel()
+    if len(y) != x.shape[0]:
+        raise _ProbeInputError(f"{where}: a chunk has X of shape {x.shape} but y of shape {y.shape}; "
+                               "pass one label per row.")
+    return y
+
+
 def _select_ridge(train_chunks, val_chunks, classes, alphas, standardize: bool,
                   owner: str) -> tuple[RidgeSolution, _RidgeStats]:
     """The work of :func:`select_ridge_probe`; also returns the training statistics (a ``RidgeProbe`` keeps them).
@@ -314,15 +323,6 @@ def _select_ridge(train_chunks, val_chunks, classes, alphas, standardize: bool,
     solution = RidgeSolution(classes=classes, coef=coef, intercept=intercept, mean=stats.mean.copy(), scale=path.scale,
                              alpha=float(alphas[best]), val_scores=val_scores, n_samples_seen=int(stats.n))
     return solution, stats
-
-
-def _chunk_labels(y, x: np.ndarray, where: str) -> np.ndarray:
-    """One chunk's labels as a flat array, one per row of its features ``x``."""
-    y = np.asarray(y).ravel()
-    if len(y) != x.shape[0]:
-        raise _ProbeInputError(f"{where}: a chunk has X of shape {x.shape} but y of shape {y.shape}; "
-                               "pass one label per row.")
-    return y
 
 
 def select_ridge_probe(
